@@ -1,0 +1,35 @@
+"""BroadcastInitialState callback."""
+
+from hvd_keras._horovod import keras
+from hvd_keras.broadcast import broadcast_state
+
+
+class BroadcastInitialState(keras.callbacks.Callback):
+    """Broadcasts the model and optimizer state from one rank when training begins.
+
+    Ranks initialise their weights independently; this callback makes every
+    rank start from `root_rank`'s weights and optimizer slots. It acts once,
+    at the start of the first `fit`; later `fit` calls continue from state
+    that is already identical.
+
+    Args:
+        root_rank: the rank whose state every rank receives.
+
+    Example:
+
+    ```python
+    import hvd_keras
+
+    model.fit(x, y, callbacks=[hvd_keras.callbacks.BroadcastInitialState()])
+    ```
+    """
+
+    def __init__(self, root_rank=0):
+        super().__init__()
+        self.root_rank = root_rank
+        self._done = False
+
+    def on_train_begin(self, logs=None):
+        if not self._done:
+            broadcast_state(self.model, root_rank=self.root_rank)
+            self._done = True

@@ -1,0 +1,105 @@
+"""Sharding of training data across ranks."""
+
+from hvd_keras._horovod import keras, tf
+from hvd_keras.runtime import rank as _rank
+from hvd_keras.runtime import size as _size
+
+
+def shard(data, rank=None, size=None):
+    """Gives each rank a disjoint, equally long part of `data`.
+
+    Every rank gets `n // size` elements, so every rank runs the same number
+    of steps per epoch: a rank that ran out first would leave the others
+    waiting forever in the gradient allreduce. The remainder, the last
+    `n % size` elements (fewer than `size`), is dropped, so each epoch sees
+    `size * (n // size)` elements in all.
+
+    Rank `r` gets elements `r, r + size, r + 2 * size, ...` With per-rank
+    batch size `b`, the ranks' batch `j` together are exactly batch `j` of
+    batch size `size * b` on one process (without shuffling).
+
+    Args:
+        data: a `tf.data.Dataset`, an array (numpy, tensor, list), or a tuple,
+            list or dict of arrays of equal length such as `(x, y)` or
+            `(x, y, sample_weight)`. A dataset is sharded by its elements:
+            shard before `batch()` so that the remainder dropped is elements,
+            not batches, and before any `shuffle()` without a fixed seed
+            (ranks shuffling differently would draw overlapping shards). An
+            infinite (repeated) dataset is sharded without truncation; pass
+            `steps_per_epoch` to `fit`.
+        rank: the shard to return; defaults to this process's rank.
+        size: the number of shards; defaults to the number of processes.
+
+    Returns:
+        The shard, of the same kind as `data`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import hvd_keras
+
+    x, y = np.zeros((1000, 8)), np.zeros((1000,))
+    x_shard, y_shard = hvd_keras.data.shard((x, y))
+    # each of 3 ranks gets 333 samples; sample 999 is dropped
+    ```
+    """
+    size = _size() if size is None else size
+    rank = _rank() if rank is None else rank
+    if not isinstance(size, int) or size < 1 or not isinstance(rank, int) or not 0 <= rank < size:
+        raise ValueError(
+            f"shard needs 0 <= rank < size. Received: rank={rank!r}, size={size!r}. "
+            "HINT: leave rank and size unset to use this process's."
+        )
+    if isinstance(data, tf.data.Dataset):
+        return _shard_dataset(data, rank, size)
+    return _shard_arrays(data, rank, size)
+
+
+def _shard_dataset(dataset, rank, size):
+    n = int(dataset.cardinality())
+    if n == tf.data.INFINITE_CARDINALITY:
+        return dataset.shard(size, rank)
+    if n == tf.data.UNKNOWN_CARDINALITY:
+        raise ValueError(
+            "shard cannot give every rank the same number of elements: the dataset's "
+            "length is unknown (after filter() or from a generator), and ranks that run "
+            "different numbers of steps hang in the allreduce. HINT: declare the length "
+            "with dataset.apply(tf.data.experimental.assert_cardinality(n)), or "
+            "repeat() the dataset and pass steps_per_epoch to fit()."
+        )
+    if n < size:
+        raise ValueError(
+            f"shard needs at least one element per rank. Received: a dataset of {n} "
+            f"elements for {size} ranks. HINT: shard before batch(), or use fewer ranks."
+        )
+    return dataset.take((n // size) * size).shard(size, rank)
+
+
+def _shard_arrays(data, rank, size):
+    leaves = keras.tree.flatten(data)
+    if not leaves:
+        raise ValueError("shard received no arrays. Received: {data!r}. HINT: pass (x, y).")
+    lengths = set()
+    for leaf in leaves:
+        try:
+            lengths.add(len(leaf))
+        except TypeError:
+            raise TypeError(
+                "shard expects a tf.data.Dataset or arrays with a first dimension. "
+                f"Received: an element of type {type(leaf).__name__}. "
+                "HINT: pass numpy arrays such as (x, y), or a tf.data.Dataset."
+            ) from None
+    if len(lengths) != 1:
+        raise ValueError(
+            f"shard expects arrays of equal length. Received: lengths {sorted(lengths)}. "
+            "HINT: pass x, y and sample weights with one entry per sample."
+        )
+    n = lengths.pop()
+    if n < size:
+        raise ValueError(
+            f"shard needs at least one sample per rank. Received: {n} samples for {size} "
+            "ranks. HINT: use fewer ranks or more data."
+        )
+    rows = slice(rank, (n // size) * size, size)
+    return keras.tree.map_structure(lambda leaf: leaf[rows], data)

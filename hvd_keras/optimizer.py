@@ -1,0 +1,217 @@
+"""Keras 3 optimizers whose gradients are averaged across ranks by Horovod."""
+
+import dataclasses
+import functools
+
+from hvd_keras._horovod import hvd, keras, tf
+
+_OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
+_COMPRESSIONS = {None: hvd.Compression.none, "none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    op: object
+    compression: object
+    sparse_as_dense: bool
+
+
+class _AllreduceMixin:
+    """The one place where gradients cross ranks: one fused grouped allreduce."""
+
+    def _hvd_allreduce(self, grads):
+        # Reached at trace time; `apply` checks the flag to prove the update
+        # went through here.
+        self._hvd_reduced = True
+        if hvd.size() == 1:
+            return grads
+        settings = self._hvd_settings
+        if settings.sparse_as_dense:
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        reduced = hvd.grouped_allreduce(
+            [grads[i] for i in present], op=settings.op, compression=settings.compression
+        )
+        grads = list(grads)
+        for i, g in zip(present, reduced):
+            grads[i] = g
+        return grads
+
+    def apply(self, grads, trainable_variables=None):
+        self._hvd_reduced = False
+        update_expected = self._hvd_update_expected()
+        result = self._hvd_apply(grads, trainable_variables)
+        if len(grads) and update_expected and not self._hvd_reduced and hvd.size() > 1:
+            raise RuntimeError(
+                f"hvd_keras: the optimizer {type(self).__name__} applied gradients on "
+                f"{hvd.size()} ranks without averaging them across ranks, so the ranks "
+                "would silently train different models. HINT: apply gradients only "
+                "through the optimizer returned by hvd_keras.DistributedOptimizer; if "
+                "this is Keras's own train step, this Keras version changed the "
+                "optimizer internals: install the keras version pinned in constraints.txt."
+            )
+        return result
+
+    def _hvd_apply(self, grads, trainable_variables):
+        return super().apply(grads, trainable_variables)
+
+    def _hvd_update_expected(self):
+        # Compiled steps trace both branches of the accumulation cond, so the
+        # allreduce is always traced; eagerly only update steps reach it.
+        steps = getattr(self, "gradient_accumulation_steps", None)
+        if not steps or not tf.executing_eagerly():
+            return True
+        return int(self._iterations.numpy() + 1) % steps == 0
+
+
+class _DistributedGradients(_AllreduceMixin):
+    # Every Keras 3 optimizer passes the gradients of a real update, after
+    # unscaling and after averaging micro-batches under gradient
+    # accumulation, through `_clip_gradients` exactly once. Reducing there
+    # means clipping sees the global gradient (as on one process) and
+    # accumulation steps communicate only on the update step.
+    def _clip_gradients(self, grads):
+        return super()._clip_gradients(self._hvd_allreduce(grads))
+
+
+class _DistributedLossScale(_AllreduceMixin):
+    # LossScaleOptimizer decides per step whether the gradients are finite;
+    # reducing before that decision makes every rank decide the same way.
+    def _hvd_apply(self, grads, trainable_variables):
+        return super()._hvd_apply(self._hvd_allreduce(list(grads)), trainable_variables)
+
+
+@functools.lru_cache(maxsize=None)
+def _distributed_class(cls):
+    mixin = (
+        _DistributedLossScale
+        if issubclass(cls, keras.optimizers.LossScaleOptimizer)
+        else _DistributedGradients
+    )
+    # Same name and module as the wrapped class: a saved model records the
+    # user's optimizer class and loads with plain Keras, without hvd_keras.
+    return type(
+        cls.__name__,
+        (mixin, cls),
+        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+    )
+
+
+def DistributedOptimizer(
+    optimizer,
+    compression=None,
+    op="average",
+    sparse_as_dense=False,
+    backward_passes_per_step=1,
+):
+    """Wraps a Keras 3 optimizer so that gradients are averaged across ranks.
+
+    Inside the compiled train step the gradients of all trainable variables
+    are combined across ranks by one fused Horovod grouped allreduce before
+    they are clipped and applied, so N ranks with per-rank batch `b` train the
+    same model as one process with batch `N * b`. At size 1 nothing is
+    communicated.
+
+    The result is a new optimizer of a subclass of the optimizer's own class
+    (`isinstance(wrapped, type(optimizer))` holds), re-created from
+    `optimizer.get_config()`; the optimizer passed in is left untouched. A
+    model saved with it loads with plain `keras.saving.load_model`.
+
+    If a step ever applies gradients on several ranks without passing them
+    through the allreduce, it raises instead of letting the ranks drift apart.
+
+    Args:
+        optimizer: a Keras 3 optimizer instance (`SGD`, `Adam`, `AdamW`, a
+            subclass, `keras.mixed_precision.LossScaleOptimizer`) or a name
+            such as `"adam"`. It must not have been built yet.
+        compression: `None` or `"fp16"`: cast float gradients to float16 for
+            the allreduce (halves the bytes sent, costs precision).
+        op: `"average"` (default), `"sum"` or `"adasum"` (Adasum needs a
+            power-of-two number of ranks).
+        sparse_as_dense: reduce `tf.IndexedSlices` gradients (embeddings) as
+            dense tensors by allreduce instead of by allgather. Faster when
+            the slices cover much of the table.
+        backward_passes_per_step: accumulate gradients locally over this many
+            batches and communicate and apply their average once; uses
+            Keras's `gradient_accumulation_steps`.
+
+    Returns:
+        The distributed optimizer, to pass to `model.compile`.
+
+    Example:
+
+    ```python
+    import keras
+    import hvd_keras
+
+    hvd_keras.init()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    opt = keras.optimizers.SGD(0.01 * hvd_keras.size(), momentum=0.9)
+    model.compile(optimizer=hvd_keras.DistributedOptimizer(opt), loss="mse")
+    ```
+    """
+    if isinstance(optimizer, str):
+        optimizer = keras.optimizers.get(optimizer)
+    if isinstance(optimizer, type):
+        raise TypeError(
+            "DistributedOptimizer expects an optimizer instance. "
+            f"Received: the class {optimizer.__name__}. "
+            f"HINT: pass an instance, e.g. {optimizer.__name__}(learning_rate=0.01)."
+        )
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "DistributedOptimizer expects a Keras 3 optimizer "
+            "(an instance of keras.optimizers.Optimizer). "
+            f"Received: {optimizer!r} of type {type(optimizer).__module__}.{type(optimizer).__name__}. "
+            "HINT: pass e.g. keras.optimizers.SGD(0.01) or \"adam\" (tf.keras and "
+            "legacy optimizers are not supported)."
+        )
+    if isinstance(optimizer, _AllreduceMixin):
+        raise ValueError(
+            f"DistributedOptimizer received an optimizer that is already distributed: {optimizer.name}. "
+            "HINT: wrap the plain optimizer once."
+        )
+    if op not in _OPS:
+        raise ValueError(
+            f"op must be one of {sorted(_OPS)}. Received: op={op!r}. HINT: use op=\"average\"."
+        )
+    if compression not in _COMPRESSIONS:
+        raise ValueError(
+            f"compression must be None or \"fp16\". Received: compression={compression!r}. "
+            "HINT: pass compression=None to send gradients uncompressed."
+        )
+    if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
+        raise ValueError(
+            "backward_passes_per_step must be an integer >= 1. "
+            f"Received: backward_passes_per_step={backward_passes_per_step!r}. "
+            "HINT: pass 1 to communicate every step."
+        )
+    if optimizer.built:
+        raise ValueError(
+            f"DistributedOptimizer received an optimizer that is already built: {optimizer.name} "
+            "holds variables for a model. HINT: wrap the optimizer before model.compile() and fit()."
+        )
+    config = optimizer.get_config()
+    if backward_passes_per_step > 1:
+        if config.get("gradient_accumulation_steps"):
+            raise ValueError(
+                "backward_passes_per_step and the optimizer's gradient_accumulation_steps "
+                "both ask for gradient accumulation. Received: backward_passes_per_step="
+                f"{backward_passes_per_step}, gradient_accumulation_steps="
+                f"{config['gradient_accumulation_steps']}. HINT: set only one of them."
+            )
+        config["gradient_accumulation_steps"] = backward_passes_per_step
+    cls = _distributed_class(type(optimizer))
+    try:
+        wrapped = cls.from_config(config)
+    except Exception as e:
+        raise ValueError(
+            f"DistributedOptimizer could not re-create {type(optimizer).__name__} from its "
+            f"get_config(): {type(e).__name__}: {e}. HINT: make get_config() return every "
+            "argument of the optimizer's __init__."
+        ) from None
+    wrapped._hvd_settings = _Settings(
+        op=_OPS[op], compression=_COMPRESSIONS[compression], sparse_as_dense=bool(sparse_as_dense)
+    )
+    wrapped._hvd_reduced = False
+    return wrapped
