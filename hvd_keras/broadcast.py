@@ -23,7 +23,13 @@ def state_variables(model):
     return variables
 
 
-def _check_same_structure(variables, root_rank):
+def check_same_structure(variables, root_rank=0):
+    """Raises on every rank if `variables` differ in number, shape or dtype between ranks.
+
+    Horovod's fused allreduce does not always notice tensors whose shapes
+    differ between ranks; this check turns that user bug into an error that
+    names the rank and the first differing variable. Every rank must call it.
+    """
     mine = [(tuple(v.shape), str(v.dtype)) for v in variables]
     everyone = hvd.allgather_object(mine, name="hvd_keras.state_structure")
     reference = everyone[root_rank]
@@ -61,7 +67,7 @@ def broadcast_variables(variables, root_rank=0):
             f"root_rank must be in [0, {size()}). Received: root_rank={root_rank}. "
             "HINT: use root_rank=0."
         )
-    _check_same_structure(variables, root_rank)
+    check_same_structure(variables, root_rank)
 
     @tf.function
     def broadcast_all():

@@ -4,6 +4,8 @@ import dataclasses
 import functools
 
 from hvd_keras._horovod import hvd, keras, tf
+from hvd_keras.broadcast import check_same_structure
+from hvd_keras.runtime import size
 
 _OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
 _COMPRESSIONS = {None: hvd.Compression.none, "none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
@@ -23,7 +25,7 @@ class _AllreduceMixin:
         # Reached at trace time; `apply` checks the flag to prove the update
         # went through here.
         self._hvd_reduced = True
-        if hvd.size() == 1:
+        if size() == 1:
             return grads
         settings = self._hvd_settings
         if settings.sparse_as_dense:
@@ -37,14 +39,23 @@ class _AllreduceMixin:
             grads[i] = g
         return grads
 
+    def build(self, variables):
+        super().build(variables)
+        if size() > 1:
+            # Ranks whose models differ would otherwise reduce mismatched
+            # gradients; init_scope runs the check eagerly even when the
+            # first apply() builds the optimizer inside a traced function.
+            with tf.init_scope():
+                check_same_structure(variables)
+
     def apply(self, grads, trainable_variables=None):
         self._hvd_reduced = False
         update_expected = self._hvd_update_expected()
         result = self._hvd_apply(grads, trainable_variables)
-        if len(grads) and update_expected and not self._hvd_reduced and hvd.size() > 1:
+        if len(grads) and update_expected and not self._hvd_reduced and size() > 1:
             raise RuntimeError(
                 f"hvd_keras: the optimizer {type(self).__name__} applied gradients on "
-                f"{hvd.size()} ranks without averaging them across ranks, so the ranks "
+                f"{size()} ranks without averaging them across ranks, so the ranks "
                 "would silently train different models. HINT: apply gradients only "
                 "through the optimizer returned by hvd_keras.DistributedOptimizer; if "
                 "this is Keras's own train step, this Keras version changed the "
@@ -88,12 +99,18 @@ def _distributed_class(cls):
         if issubclass(cls, keras.optimizers.LossScaleOptimizer)
         else _DistributedGradients
     )
-    # Same name and module as the wrapped class: a saved model records the
-    # user's optimizer class and loads with plain Keras, without hvd_keras.
+    # Same name and module as the wrapped class (its public module for
+    # Keras's own optimizers): a saved model records the user's optimizer
+    # class and loads with plain Keras, without hvd_keras.
+    public = getattr(keras.optimizers, cls.__name__, None) is cls
     return type(
         cls.__name__,
         (mixin, cls),
-        {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__},
+        {
+            "__module__": "keras.optimizers" if public else cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+        },
     )
 
 

@@ -1,0 +1,56 @@
+"""Launch helpers: the distributed tests start real `horovodrun -np 2` jobs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "tests", "scripts")
+BIN = os.path.dirname(sys.executable)
+
+
+def worker_env(**extra):
+    env = dict(os.environ)
+    env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = SCRIPTS + os.pathsep + ROOT
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # OpenMPI refuses root unless told; CI runs as root.
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_workers(script, args=(), np_=2, controller="gloo", timeout=240, env=None, check=True):
+    """Runs tests/scripts/<script> on `np_` ranks (plain python when np_ == 1).
+
+    Returns the CompletedProcess; raises with the output when it fails and
+    `check` is set.
+    """
+    script_path = os.path.join(SCRIPTS, script)
+    if np_ == 1:
+        cmd = [sys.executable, script_path, *args]
+    else:
+        cmd = [os.path.join(BIN, "horovodrun"), "-np", str(np_), f"--{controller}",
+               sys.executable, script_path, *args]
+    proc = subprocess.run(
+        cmd, env=env or worker_env(), cwd=SCRIPTS, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
+            f"--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def load_ranks(out_dir, n):
+    return [dict(np.load(os.path.join(out_dir, f"rank{r}.npz"))) for r in range(n)]
+
+
+@pytest.fixture(params=["gloo", "mpi"])
+def controller(request):
+    return request.param

@@ -1,0 +1,91 @@
+"""Trains a small MLP for K steps; run at size 1 with batch 2b or size 2 with b.
+
+Writes out/rank{r}.npz with the final weights and optimizer variables.
+"""
+
+import _common
+
+_common.quiet_tf()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hvd_keras  # noqa: E402
+
+hvd_keras.init()
+rank, size = hvd_keras.rank(), hvd_keras.size()
+out = _common.arg("out")
+optimizer_name = _common.arg("optimizer", "sgd")
+global_batch = int(_common.arg("global-batch", "16"))
+steps = int(_common.arg("steps", "6"))
+mode = _common.arg("mode", "fit")
+
+x, y = _common.regression_data(n=global_batch * steps)
+sw = np.linspace(0.5, 1.5, len(x)).astype("float32")
+
+# Every rank builds different random weights on purpose: the broadcast must fix it.
+keras.utils.set_random_seed(1000 + rank)
+
+
+def make_model():
+    if mode == "subclass":
+
+        class Custom(keras.Model):
+            def train_step(self, data):
+                import tensorflow as tf
+
+                xb, yb = data
+                with tf.GradientTape() as tape:
+                    pred = self(xb, training=True)
+                    loss = self.compute_loss(x=xb, y=yb, y_pred=pred)
+                grads = tape.gradient(loss, self.trainable_variables)
+                self.optimizer.apply(grads, self.trainable_variables)
+                return {"loss": loss}
+
+        inputs = keras.Input((x.shape[1],))
+        h = keras.layers.Dense(16, activation="tanh")(inputs)
+        return Custom(inputs, keras.layers.Dense(3)(h))
+    return keras.Sequential(
+        [keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
+    )
+
+
+model = make_model()
+if optimizer_name == "sgd":
+    opt = keras.optimizers.SGD(0.1, momentum=0.9)
+elif optimizer_name == "adam":
+    opt = keras.optimizers.Adam(0.01)
+elif optimizer_name == "adamw-clip":
+    opt = keras.optimizers.AdamW(0.01, weight_decay=0.01, global_clipnorm=0.5)
+elif optimizer_name == "lso":
+    opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+else:
+    raise SystemExit(f"unknown optimizer {optimizer_name}")
+if _common.arg("wrap", "yes") == "yes":
+    opt = hvd_keras.DistributedOptimizer(opt)
+model.compile(
+    optimizer=opt,
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
+# The reference weights come from a fixed seed, broadcast from rank 0.
+keras.utils.set_random_seed(0)
+reference = make_model()
+model.set_weights(reference.get_weights()) if rank == 0 else None
+
+xs, ys, sws = hvd_keras.data.shard((x, y, sw))
+fit_kwargs = dict(batch_size=global_batch // size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[hvd_keras.callbacks.BroadcastInitialState()])
+if mode == "class_weight":
+    model.fit(xs, ys, class_weight={0: 0.5, 1: 2.0, 2: 1.0}, **fit_kwargs)
+elif mode == "sample_weight":
+    model.fit(xs, ys, sample_weight=sws, **fit_kwargs)
+else:
+    model.fit(xs, ys, **fit_kwargs)
+
+_common.save_result(
+    out,
+    rank,
+    weights=_common.flat_weights(model.trainable_variables),
+    optimizer=_common.flat_weights([v for v in opt.variables if v.dtype.startswith("float")]),
+    iterations=int(opt.iterations.numpy()),
+)

@@ -1,0 +1,71 @@
+"""hvd_keras.data.shard: disjoint, complete up to the remainder, equal step counts."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import load_ranks, run_workers
+
+import hvd_keras
+
+
+@pytest.mark.parametrize("n,size", [(10, 2), (11, 2), (101, 4), (7, 7), (100, 3)])
+def test_numpy_shards_are_disjoint_equal_and_cover_all_but_remainder(n, size):
+    x = np.arange(n)
+    y = -np.arange(n)
+    shards = [hvd_keras.data.shard((x, y), rank=r, size=size) for r in range(size)]
+    lengths = {len(sx) for sx, _ in shards}
+    assert lengths == {n // size}
+    union = np.concatenate([sx for sx, _ in shards])
+    assert len(set(union)) == len(union)  # disjoint
+    assert sorted(union) == list(range((n // size) * size))  # only the remainder is dropped
+    for sx, sy in shards:
+        np.testing.assert_array_equal(sy, -sx)  # x and y stay aligned
+
+
+def test_shards_of_global_batches_are_the_single_process_batches():
+    x = np.arange(32)
+    b, size = 4, 2
+    shards = [hvd_keras.data.shard(x, rank=r, size=size) for r in range(size)]
+    for j in range(len(shards[0]) // b):
+        together = np.concatenate([s[j * b:(j + 1) * b] for s in shards])
+        assert sorted(together) == list(x[j * b * size:(j + 1) * b * size])
+
+
+def test_dict_and_dataset_inputs():
+    data = {"a": np.arange(9), "b": np.arange(9) * 10}
+    s = hvd_keras.data.shard(data, rank=1, size=2)
+    np.testing.assert_array_equal(s["a"], [1, 3, 5, 7])
+    np.testing.assert_array_equal(s["b"], [10, 30, 50, 70])
+    ds = tf.data.Dataset.range(9)
+    got = [list(hvd_keras.data.shard(ds, rank=r, size=2).as_numpy_iterator()) for r in range(2)]
+    assert got == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    inf = hvd_keras.data.shard(tf.data.Dataset.range(5).repeat(), rank=1, size=2)
+    assert list(inf.take(4).as_numpy_iterator()) == [1, 3, 0, 2]
+
+
+def test_unknown_length_dataset_is_refused_with_a_hint():
+    ds = tf.data.Dataset.range(10).filter(lambda v: v % 3 > 0)
+    with pytest.raises(ValueError, match="assert_cardinality"):
+        hvd_keras.data.shard(ds, rank=0, size=2)
+    ok = hvd_keras.data.shard(ds.apply(tf.data.experimental.assert_cardinality(6)), rank=0, size=2)
+    assert list(ok.as_numpy_iterator()) == [1, 4, 7]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (((np.arange(4), np.arange(5)),), "equal length"),
+    ((3,), "first dimension"),
+    ((np.arange(3),), "at least one sample"),
+])
+def test_bad_array_input(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        hvd_keras.data.shard(*bad, rank=0, size=4)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dataset"])
+def test_uneven_data_gives_equal_steps_on_two_ranks(tmp_path, kind):
+    out = str(tmp_path)
+    run_workers("shard_steps.py", ["--out", out, "--samples", "101", "--kind", kind])
+    r0, r1 = load_ranks(out, 2)
+    assert int(r0["batches"]) == int(r1["batches"]) == 2 * 7  # 2 epochs of ceil(50 / 8)
+    assert not set(r0["seen"]) & set(r1["seen"])
+    assert sorted(np.concatenate([r0["seen"], r1["seen"]])) == list(range(100))

@@ -1,0 +1,99 @@
+"""Bad input gets one line that names the fix, and never a hang."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+from conftest import run_workers, worker_env
+
+import hvd_keras
+
+
+def _last_line(text):
+    return [line for line in text.strip().splitlines() if line.strip()][-1]
+
+
+def test_jax_backend_is_refused_at_import():
+    proc = subprocess.run([sys.executable, "-c", "import hvd_keras"], capture_output=True, text=True,
+                          env=worker_env(KERAS_BACKEND="jax"), timeout=120)
+    assert proc.returncode != 0
+    line = _last_line(proc.stderr)
+    assert "TensorFlow backend" in line and "backend='jax'" in line and "KERAS_BACKEND=tensorflow" in line
+
+
+def test_horovod_without_tensorflow_support_is_refused(tmp_path):
+    # A horovod install whose TensorFlow extension was not built: the package
+    # as installed, without horovod/tensorflow/mpi_lib*.so.
+    import horovod
+
+    src = os.path.dirname(horovod.__file__)
+    dst = tmp_path / "horovod"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mpi_lib*.so", "__pycache__"))
+    env = worker_env()
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-c", "import hvd_keras"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode != 0
+    line = _last_line(proc.stderr)
+    assert "horovod built with TensorFlow support" in line and "HOROVOD_WITH_TENSORFLOW=1" in line
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (object(), TypeError, "expects a Keras 3 optimizer"),
+    (keras.optimizers.SGD, TypeError, "pass an instance"),
+    ("not-an-optimizer", ValueError, "not-an-optimizer"),
+])
+def test_wrapping_a_non_optimizer(bad, error, match):
+    with pytest.raises(error, match=match):
+        hvd_keras.DistributedOptimizer(bad)
+
+
+def test_bad_arguments_name_the_fix():
+    with pytest.raises(ValueError, match="op=\"average\""):
+        hvd_keras.DistributedOptimizer("sgd", op="mean")
+    with pytest.raises(ValueError, match="compression=None"):
+        hvd_keras.DistributedOptimizer("sgd", compression="int8")
+    with pytest.raises(ValueError, match="backward_passes_per_step"):
+        hvd_keras.DistributedOptimizer("sgd", backward_passes_per_step=0)
+    wrapped = hvd_keras.DistributedOptimizer("sgd")
+    with pytest.raises(ValueError, match="already distributed"):
+        hvd_keras.DistributedOptimizer(wrapped)
+    built = keras.optimizers.Adam()
+    built.build([keras.Variable([1.0])])
+    with pytest.raises(ValueError, match="before model.compile"):
+        hvd_keras.DistributedOptimizer(built)
+
+
+def test_wrapped_optimizer_keeps_type_and_config():
+    base = keras.optimizers.AdamW(0.003, weight_decay=0.01)
+    wrapped = hvd_keras.DistributedOptimizer(base, backward_passes_per_step=2)
+    assert isinstance(wrapped, keras.optimizers.AdamW) and wrapped is not base
+    assert wrapped.gradient_accumulation_steps == 2
+    assert float(wrapped.learning_rate) == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize("where", ["broadcast", "train_step"])
+def test_models_that_differ_between_ranks_fail_fast(controller, where):
+    start = time.monotonic()
+    proc = run_workers("mismatch.py", ["--where", where], controller=controller, timeout=90, check=False)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert elapsed < 60
+    out = proc.stdout + proc.stderr
+    assert "UNREACHABLE" not in out
+    # Horovod's fused allreduce reduced the mismatched gradients without a
+    # word (measured): the optimizer's own check must catch it.
+    assert "the model differs between ranks: rank 1" in out and "HINT" in out
+
+
+def test_update_that_bypasses_the_allreduce_is_refused():
+    proc = run_workers("bypass.py", [], check=False, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "TRAINED" not in out
+    assert "without averaging them across ranks" in out
+    single = run_workers("bypass.py", [], np_=1, check=False, timeout=120)
+    assert "TRAINED on 1 ranks" in single.stdout  # nothing to average at size 1
