@@ -44,7 +44,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   log "installing TensorFlow and Python dependencies"
   "$PIP" install -q -c constraints.txt "tensorflow-cpu" "keras" numpy mpi4py scikit-learn matplotlib pytest psutil
   bash tools/build_horovod.sh "$VENV"
-  "$PIP" install -q -c constraints.txt --no-build-isolation -e ".[test]"
+  "$PIP" install -q -c constraints.txt --no-build-isolation -e ".[cpu,test]"
   echo "$want" > "$STAMP"
 fi
 log "ready: $("$VENV/bin/python" -c 'import tensorflow as tf, keras, horovod; print("tensorflow", tf.__version__, "keras", keras.__version__, "horovod", horovod.__version__)' 2>/dev/null)"
