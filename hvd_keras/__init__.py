@@ -5,9 +5,13 @@ The public API lives here; submodules hold one concept each.
 
 __version__ = "0.1.0"
 
-from hvd_keras import callbacks, data  # noqa: E402
+from hvd_keras import callbacks, data, schedules  # noqa: E402
 from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402
+from hvd_keras.checkpoint import resume  # noqa: E402
+from hvd_keras.metrics import exact_metrics  # noqa: E402
 from hvd_keras.optimizer import DistributedOptimizer  # noqa: E402
+from hvd_keras.output import plot_history, rank_zero_output  # noqa: E402
+from hvd_keras.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
 from hvd_keras.runtime import (  # noqa: E402
     barrier,
     init,
@@ -17,8 +21,16 @@ from hvd_keras.runtime import (  # noqa: E402
     rank,
     size,
 )
+from hvd_keras.schedules import scale_learning_rate  # noqa: E402
 
 __all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "exact_metrics",
+    "plot_history",
+    "rank_zero_output",
+    "resume",
+    "scale_learning_rate",
+    "schedules",
     "DistributedOptimizer",
     "barrier",
     "broadcast_state",

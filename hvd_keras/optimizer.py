@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+from hvd_keras import preemption
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.broadcast import check_same_structure
 from hvd_keras.runtime import size
@@ -18,6 +19,18 @@ class _Settings:
     sparse_as_dense: bool
 
 
+_timing = {}
+
+
+def allreduce_seconds():
+    """Seconds spent in the gradient allreduce (waiting included) while timed."""
+    if not _timing:
+        with tf.init_scope():
+            _timing["seconds"] = tf.Variable(0.0, dtype=tf.float64, trainable=False,
+                                             name="hvd_keras_allreduce_seconds")
+    return _timing["seconds"]
+
+
 class _AllreduceMixin:
     """The one place where gradients cross ranks: one fused grouped allreduce."""
 
@@ -31,9 +44,26 @@ class _AllreduceMixin:
         if settings.sparse_as_dense:
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         present = [i for i, g in enumerate(grads) if g is not None]
-        reduced = hvd.grouped_allreduce(
-            [grads[i] for i in present], op=settings.op, compression=settings.compression
-        )
+        tensors = [grads[i] for i in present]
+        # The preemption request rides in the same fused allreduce: every
+        # rank learns at the same step that some rank was signalled.
+        stop_local, stop_agreed = preemption.flags()
+        piggyback = settings.op is not hvd.Adasum
+        if piggyback:
+            tensors.append(tf.convert_to_tensor(stop_local))
+        if getattr(self, "_hvd_timing", False):  # set by callbacks.Throughput
+            with tf.control_dependencies(tensors):
+                start = tf.timestamp()
+            with tf.control_dependencies([start]):
+                tensors = [tf.identity(t) for t in tensors]
+        reduced = hvd.grouped_allreduce(tensors, op=settings.op, compression=settings.compression)
+        if getattr(self, "_hvd_timing", False):
+            with tf.control_dependencies(reduced):
+                allreduce_seconds().assign_add(tf.timestamp() - start)
+        if piggyback:
+            stop_agreed.assign(tf.cast(reduced.pop(), tf.float32))
+        else:
+            stop_agreed.assign(hvd.allreduce(tf.convert_to_tensor(stop_local), op=hvd.Sum))
         grads = list(grads)
         for i, g in zip(present, reduced):
             grads[i] = g

@@ -1,0 +1,82 @@
+"""Throughput callback."""
+
+import json
+import time
+
+from hvd_keras._horovod import hvd, keras
+from hvd_keras.optimizer import _AllreduceMixin, allreduce_seconds
+from hvd_keras.runtime import is_chief, size
+
+
+class Throughput(keras.callbacks.Callback):
+    """Reports global samples per second, per-rank step time and allreduce share.
+
+    At each epoch end rank 0 prints one line and, if `path` is given, writes
+    the numbers of every epoch as JSON. The allreduce share is the fraction of
+    the epoch each rank spent in the gradient allreduce, waiting for slower
+    ranks included (timestamps around the allreduce in the compiled step,
+    added only while this callback is used). Given the samples per second of
+    a single-rank run, it also reports the scaling efficiency,
+    `global / (size * baseline)`.
+
+    Args:
+        batch_size: samples per step on each rank.
+        path: JSON file for the results (written by rank 0), or None.
+        baseline_samples_per_sec: single-rank throughput, or None.
+
+    Example:
+
+    ```python
+    model.fit(x, y, batch_size=32, callbacks=[hvd_keras.callbacks.Throughput(32, "throughput.json")])
+    ```
+    """
+
+    def __init__(self, batch_size, path=None, baseline_samples_per_sec=None):
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.path = path
+        self.baseline = baseline_samples_per_sec
+        self.epochs = []
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if isinstance(optimizer, _AllreduceMixin) and not getattr(optimizer, "_hvd_timing", False):
+            optimizer._hvd_timing = True
+            self.model.make_train_function(force=True)  # retrace with the timestamps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._batches = 0
+        allreduce_seconds().assign(0.0)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self._start
+        mine = {"step_time": elapsed / max(self._batches, 1), "batches": self._batches,
+                "allreduce_share": float(allreduce_seconds().numpy()) / elapsed, "elapsed": elapsed}
+        everyone = hvd.allgather_object(mine, name="hvd_keras.throughput") if size() > 1 else [mine]
+        slowest = max(r["elapsed"] for r in everyone)
+        samples = sum(r["batches"] for r in everyone) * self.batch_size
+        record = {
+            "epoch": epoch,
+            "global_samples_per_sec": samples / slowest,
+            "step_time_per_rank": [r["step_time"] for r in everyone],
+            "allreduce_share_per_rank": [r["allreduce_share"] for r in everyone],
+        }
+        if self.baseline:
+            record["scaling_efficiency"] = record["global_samples_per_sec"] / (size() * self.baseline)
+        self.epochs.append(record)
+        if is_chief():
+            line = (f"throughput epoch {epoch + 1}: {record['global_samples_per_sec']:.0f} samples/s, step "
+                    + "/".join(f"{t * 1000:.1f}" for t in record["step_time_per_rank"]) + " ms, allreduce "
+                    + "/".join(f"{s:.0%}" for s in record["allreduce_share_per_rank"]))
+            if self.baseline:
+                line += f", scaling efficiency {record['scaling_efficiency']:.0%}"
+            print(line, flush=True)
+            if self.path:
+                from hvd_keras.checkpoint import write_json_atomic
+
+                write_json_atomic(self.path, {"size": size(), "batch_size": self.batch_size,
+                                              "epochs": self.epochs})

@@ -1,0 +1,57 @@
+"""Agreement between ranks to stop after the same step when a job is preempted.
+
+A signal (SIGTERM, SIGUSR1: what Slurm sends before it kills or requeues a
+job) reaches one or a few ranks. The local request rides along in the
+gradient allreduce of the next step, so every rank learns of it at the same
+step without an extra collective.
+"""
+
+import signal
+
+from hvd_keras._horovod import tf
+from hvd_keras.runtime import size
+
+#: Exit code of a process that stopped because of preemption (EX_TEMPFAIL):
+#: run the same command again to resume.
+PREEMPTED_EXIT_CODE = 75
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+_flags = {}
+
+
+def flags():
+    """(requested here, requested by any rank) as float32 variables, made once."""
+    if not _flags:
+        with tf.init_scope():
+            _flags["local"] = tf.Variable(0.0, trainable=False, name="hvd_keras_stop_local")
+            _flags["agreed"] = tf.Variable(0.0, trainable=False, name="hvd_keras_stop_agreed")
+    return _flags["local"], _flags["agreed"]
+
+
+def request_stop(*_):
+    """Marks this rank as asking to stop; the signal handler."""
+    flags()[0].assign(1.0)
+
+
+def reset():
+    local, agreed = flags()
+    local.assign(0.0)
+    agreed.assign(0.0)
+
+
+def stop_agreed():
+    """True once any rank asked to stop, on every rank at the same step."""
+    local, agreed = flags()
+    flag = local if size() == 1 else agreed
+    return float(flag.numpy()) > 0.0
+
+
+def install_handlers():
+    """Routes SIGTERM and SIGUSR1 to `request_stop`; returns the old handlers."""
+    return {s: signal.signal(s, request_stop) for s in SIGNALS}
+
+
+def restore_handlers(old):
+    for s, handler in old.items():
+        signal.signal(s, handler)
