@@ -129,10 +129,10 @@ def resume(model, directory, root_rank=0):
     ```
     """
     meta = None
+    state_variables(model)  # build optimizer slots to load into, on every rank (a collective)
     if rank() == root_rank:
         path = latest_checkpoint(directory)
         if path is not None:
-            state_variables(model)  # build optimizer slots to load into
             model.load_weights(os.path.join(path, MODEL_FILE))
             meta = read_meta(path)
             meta["path"] = path

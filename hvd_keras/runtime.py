@@ -1,5 +1,7 @@
 """Process-level state: Horovod initialisation, ranks and a barrier."""
 
+import os
+
 from hvd_keras._horovod import hvd, tf
 
 
@@ -24,6 +26,12 @@ def init():
     """
     if hvd.is_initialized():
         return
+    # A rank that never reaches a collective (a bug, a rank-only branch)
+    # would leave the others waiting forever: Horovod names the missing
+    # ranks after a minute and, with this, shuts the job down instead of
+    # hanging. Long enough for a rank-0 checkpoint of a large model.
+    os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "60")
+    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "600")
     hvd.init()
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

@@ -42,9 +42,16 @@ def run_workers(script, args=(), np_=2, controller="gloo", timeout=240, env=None
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
-            f"--- stderr\n{proc.stderr[-6000:]}"
+            f"--- stderr\n{_errors(proc.stderr)}"
         )
     return proc
+
+
+def _errors(stderr):
+    # Keep what explains a failure: tracebacks' last lines and errors, not TF's chatter.
+    lines = [line for line in stderr.splitlines() if line.strip() and "oneDNN" not in line
+             and "absl::" not in line and "cpu_feature" not in line and "To enable" not in line]
+    return "\n".join(lines[-60:])
 
 
 def load_ranks(out_dir, n):

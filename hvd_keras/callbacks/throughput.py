@@ -15,7 +15,8 @@ class Throughput(keras.callbacks.Callback):
     the numbers of every epoch as JSON. The allreduce share is the fraction of
     the epoch each rank spent in the gradient allreduce, waiting for slower
     ranks included (timestamps around the allreduce in the compiled step,
-    added only while this callback is used). Given the samples per second of
+    added only while this callback is used; not available, and reported as
+    None, under `tf.config.experimental.enable_op_determinism()`). Given the samples per second of
     a single-rank run, it also reports the scaling efficiency,
     `global / (size * baseline)`.
 
@@ -40,7 +41,9 @@ class Throughput(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
-        if isinstance(optimizer, _AllreduceMixin) and not getattr(optimizer, "_hvd_timing", False):
+        # tf.timestamp is refused under op determinism: then no share is reported.
+        self._timed = isinstance(optimizer, _AllreduceMixin) and size() > 1 and not _deterministic()
+        if self._timed and not getattr(optimizer, "_hvd_timing", False):
             optimizer._hvd_timing = True
             self.model.make_train_function(force=True)  # retrace with the timestamps
 
@@ -55,7 +58,8 @@ class Throughput(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self._start
         mine = {"step_time": elapsed / max(self._batches, 1), "batches": self._batches,
-                "allreduce_share": float(allreduce_seconds().numpy()) / elapsed, "elapsed": elapsed}
+                "allreduce_share": float(allreduce_seconds().numpy()) / elapsed if self._timed else None,
+                "elapsed": elapsed}
         everyone = hvd.allgather_object(mine, name="hvd_keras.throughput") if size() > 1 else [mine]
         slowest = max(r["elapsed"] for r in everyone)
         samples = sum(r["batches"] for r in everyone) * self.batch_size
@@ -71,7 +75,7 @@ class Throughput(keras.callbacks.Callback):
         if is_chief():
             line = (f"throughput epoch {epoch + 1}: {record['global_samples_per_sec']:.0f} samples/s, step "
                     + "/".join(f"{t * 1000:.1f}" for t in record["step_time_per_rank"]) + " ms, allreduce "
-                    + "/".join(f"{s:.0%}" for s in record["allreduce_share_per_rank"]))
+                    + "/".join("n/a" if s is None else f"{s:.0%}" for s in record["allreduce_share_per_rank"]))
             if self.baseline:
                 line += f", scaling efficiency {record['scaling_efficiency']:.0%}"
             print(line, flush=True)
@@ -80,3 +84,10 @@ class Throughput(keras.callbacks.Callback):
 
                 write_json_atomic(self.path, {"size": size(), "batch_size": self.batch_size,
                                               "epochs": self.epochs})
+
+
+def _deterministic():
+    # TensorFlow exports the setter but not the getter.
+    from tensorflow.python.framework import config
+
+    return config.is_op_determinism_enabled()

@@ -1,0 +1,112 @@
+"""Checkpoints: resume equals an uninterrupted run, preemption, atomicity, rank 0 only."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+from conftest import SCRIPTS, load_ranks, run_workers, worker_env
+
+import hvd_keras
+from hvd_keras import checkpoint
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    run_workers("checkpoint_resume.py", ["--work", str(full), "--out", str(full / "res"), "--epochs", "4"])
+    run_workers("checkpoint_resume.py", ["--work", str(part), "--out", str(part / "res1"), "--epochs", "2"])
+    run_workers("checkpoint_resume.py", ["--work", str(part), "--out", str(part / "res2"), "--epochs", "4",
+                                         "--resume", "yes"])
+    f0, f1 = load_ranks(str(full / "res"), 2)
+    p0, p1 = load_ranks(str(part / "res2"), 2)
+    assert int(p0["initial_epoch"]) == int(p1["initial_epoch"]) == 2
+    assert np.abs(p0["weights"] - f0["weights"]).max() < 1e-6
+    np.testing.assert_array_equal(p0["weights"], p1["weights"])
+    # Only rank 0 wrote: rank 1's working directory is empty.
+    for work in (full, part):
+        assert sorted(os.listdir(work / "rank0")) == ["best.keras", "log.csv"]
+        assert os.listdir(work / "rank1") == []
+    # keep_last=2 plus the best one; each loads with plain Keras, no hvd_keras.
+    found = checkpoint.list_checkpoints(str(full / "ckpt"))
+    assert 2 <= len(found) <= 3
+    assert os.path.exists(full / "ckpt" / "best.json")
+    meta = checkpoint.read_meta(found[-1])
+    assert meta["initial_epoch"] == 4 and meta["global_step"] == 16
+    assert set(meta["versions"]) == {"hvd_keras", "tensorflow", "keras", "horovod"}
+    code = f"import keras; m = keras.saving.load_model({found[-1] + '/model.keras'!r}); print(int(m.optimizer.iterations))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=worker_env())
+    assert out.stdout.strip().endswith("16"), out.stderr[-2000:]
+
+
+def test_resume_without_checkpoint_changes_nothing(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    before = [w.copy() for w in model.get_weights()]
+    assert hvd_keras.resume(model, str(tmp_path / "nothing")) == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_to_one_rank_checkpoints_and_exits_all(tmp_path, controller):
+    out = tmp_path
+    script = os.path.join(SCRIPTS, "preempt.py")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", "2", f"--{controller}",
+           sys.executable, script, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=worker_env(), cwd=SCRIPTS, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "pid1").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    time.sleep(random.uniform(0.1, 0.5))
+    os.kill(int((out / "pid1").read_text()), signal.SIGTERM)
+    signalled = time.monotonic()
+    output, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - signalled < 30
+    assert "preempted; checkpoint written" in output
+    # horovodrun (gloo) and mpirun each report the ranks' exit code their own way.
+    assert re.search(r"(status code|Exit code:)\s+75", output), output[-3000:]
+    latest = checkpoint.latest_checkpoint(str(out / "ckpt"))
+    meta = checkpoint.read_meta(latest)
+    assert meta["preempted"] is True
+    # The same command again resumes and completes.
+    for f in ("pid0", "pid1"):
+        os.remove(out / f)
+    again = run_workers("preempt.py", ["--out", str(out), "--epochs", str(meta["initial_epoch"] + 1)],
+                        controller=controller)
+    assert f"COMPLETED from initial_epoch {meta['initial_epoch']}" in again.stdout
+
+
+def test_kill_during_save_always_leaves_a_loadable_checkpoint(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    rng = random.Random(0)
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "save_forever.py"), "--dir", directory],
+                                env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout.readline().strip() == "saving"
+        time.sleep(rng.uniform(0.3, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        latest = checkpoint.latest_checkpoint(directory)
+        if latest is None:
+            continue
+        model = keras.saving.load_model(os.path.join(latest, "model.keras"))
+        assert model.count_params() > 0
+        assert checkpoint.read_meta(latest)["global_step"] >= 1
+    assert len(checkpoint.list_checkpoints(directory)) >= 3
+    checkpoint.remove_stale_temporaries(directory)
+    assert not [n for n in os.listdir(directory) if n.startswith(".tmp-")]
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    history = {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.8, 0.7], "accuracy": [0.5, 0.7, 0.8],
+               "val_accuracy": [0.45, 0.6, 0.7]}
+    path = hvd_keras.plot_history(history, str(tmp_path / "h.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(path) > 10_000
