@@ -16,8 +16,10 @@ setup-test:
 	bash tools/bootstrap.sh --with-slurm
 
 # The main job: the digits example on $(NP) processes.
+# A fresh output directory each time: run the script by hand to see it resume.
 run: setup
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(HOROVODRUN) -np $(NP) --gloo $(PYTHON) examples/train_digits.py
+	rm -rf runs/make-run
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(HOROVODRUN) -np $(NP) --gloo $(PYTHON) examples/train_digits.py --output runs/make-run
 
 test: setup-test
 	$(PYTHON) -m pytest tests

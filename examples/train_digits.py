@@ -4,6 +4,10 @@ Run on 2 processes:
 
     horovodrun -np 2 python examples/train_digits.py
 
+It scales the learning rate with a warmup, reports exact global metrics,
+checkpoints to runs/digits/checkpoints (rank 0), resumes from there when run
+again (pass a new --output to start over), and plots the history.
+
 Everything is local: the digits ship inside scikit-learn, nothing is downloaded.
 """
 
@@ -39,6 +43,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=32, help="per rank")
     parser.add_argument("--lr", type=float, default=0.05, help="single-process learning rate")
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--output", default="runs/digits", help="checkpoints and the history plot")
     args = parser.parse_args()
 
     hvd_keras.init()
@@ -46,28 +52,44 @@ def main():
     x_train, x_test, y_train, y_test = load_data()
     x_shard, y_shard = hvd_keras.data.shard((x_train, y_train))
 
-    model = build_model(x_train.shape[1])
-    # Linear scaling rule: the global batch grows with the number of ranks.
-    optimizer = keras.optimizers.SGD(args.lr * hvd_keras.size(), momentum=0.9)
+    steps_per_epoch = -(-len(x_shard) // args.batch_size)
+    # Linear scaling rule with a gradual warmup (Goyal et al. 2017), computed
+    # inside the compiled step.
+    learning_rate = hvd_keras.schedules.Warmup(
+        hvd_keras.scale_learning_rate(args.lr), warmup_steps=args.warmup_epochs * steps_per_epoch
+    )
+    model = hvd_keras.exact_metrics(build_model(x_train.shape[1]))
     model.compile(
-        optimizer=hvd_keras.DistributedOptimizer(optimizer),
+        optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(learning_rate, momentum=0.9)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    checkpoints = f"{args.output}/checkpoints"
+    initial_epoch = hvd_keras.resume(model, checkpoints)
     if hvd_keras.is_chief():
-        print(f"training on {hvd_keras.size()} ranks, {len(x_shard)} samples per rank")
-    model.fit(
+        print(f"training on {hvd_keras.size()} ranks, {len(x_shard)} samples per rank, "
+              f"from epoch {initial_epoch}")
+    history = model.fit(
         x_shard,
         y_shard,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        callbacks=[hvd_keras.callbacks.BroadcastInitialState()],
-        verbose=2 if hvd_keras.is_chief() else 0,
+        initial_epoch=initial_epoch,
+        validation_data=(x_test, y_test),
+        **hvd_keras.rank_zero_output(
+            [
+                hvd_keras.callbacks.BroadcastInitialState(),
+                hvd_keras.callbacks.Checkpoint(checkpoints, monitor="val_accuracy", mode="max"),
+            ],
+            verbose=2,
+        ),
     )
     # Weights are identical on every rank, so every rank evaluates the same.
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
     if hvd_keras.is_chief():
         print(f"held-out accuracy: {accuracy:.4f} on {len(x_test)} samples")
+        if history.history:
+            print(f"history plot: {hvd_keras.plot_history(history, f'{args.output}/history.png')}")
     return accuracy
 
 
