@@ -81,7 +81,7 @@ def exact_metrics(model):
     def get_metrics_result(self):
         # Keras calls this eagerly for epoch and evaluate logs, and while
         # tracing the compiled step, where the values must stay local.
-        if not tf.executing_eagerly():
+        if not tf.executing_eagerly() or getattr(self, "_hvd_local_metrics", False):
             return local_result()
         with global_metric_states(self.metrics):
             return _to_numpy(local_result())

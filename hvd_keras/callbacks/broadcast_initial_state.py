@@ -9,8 +9,9 @@ class BroadcastInitialState(keras.callbacks.Callback):
 
     Ranks initialise their weights independently; this callback makes every
     rank start from `root_rank`'s weights and optimizer slots. It acts once,
-    at the start of the first `fit`; later `fit` calls continue from state
-    that is already identical.
+    at the start of the first `fit` (after its first step for a model that
+    only gets its weights then); later `fit` calls continue from state that
+    is already identical.
 
     Args:
         root_rank: the rank whose state every rank receives.
@@ -30,6 +31,17 @@ class BroadcastInitialState(keras.callbacks.Callback):
         self._done = False
 
     def on_train_begin(self, logs=None):
+        # A subclassed model with its own train_step is built by its first
+        # step; then the state is broadcast right after that step. The step
+        # applied the same averaged gradients everywhere, so the ranks' slots
+        # agree and the broadcast still leaves all ranks identical.
+        if not self._done and self.model.built:
+            self._broadcast()
+
+    def on_train_batch_end(self, batch, logs=None):
         if not self._done:
-            broadcast_state(self.model, root_rank=self.root_rank)
-            self._done = True
+            self._broadcast()
+
+    def _broadcast(self):
+        broadcast_state(self.model, root_rank=self.root_rank)
+        self._done = True
