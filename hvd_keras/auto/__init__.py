@@ -16,8 +16,9 @@ What changes, through hvd_keras's public pieces:
   added; progress output and file-writing callbacks stay on rank 0.
 - `Model.evaluate`: every rank evaluates all the data, so the results are the
   single-process ones, equal on every rank. `predict` is unchanged.
-- `Model.save`, `Model.save_weights`: only rank 0 writes; every rank waits
-  until the file is written.
+- `Model.save`, `Model.save_weights`: only rank 0 writes (other ranks
+  return at once: call `hvd_keras.barrier()` before reading the file back on
+  other ranks).
 
 Environment variables (read at import):
 
@@ -50,7 +51,7 @@ from hvd_keras.callbacks import BroadcastInitialState, LearningRateWarmup
 from hvd_keras.metrics import exact_metrics
 from hvd_keras.optimizer import DistributedOptimizer, _AllreduceMixin
 from hvd_keras.output import rank_zero_output
-from hvd_keras.runtime import barrier, init, is_chief, rank, size
+from hvd_keras.runtime import init, is_chief, rank, size
 from hvd_keras.schedules import scale_learning_rate
 
 
@@ -195,22 +196,18 @@ def evaluate(self, *args, **kwargs):
         self._hvd_local_metrics = False
 
 
+# No barrier here: rank-0-only callbacks (ModelCheckpoint) call save on rank 0
+# alone, and a collective there would deadlock.
 @_patch("save")
 def save(self, *args, **kwargs):
-    try:
-        if is_chief():
-            return _originals["save"](self, *args, **kwargs)
-    finally:
-        barrier("hvd_keras.auto.save")
+    if is_chief():
+        return _originals["save"](self, *args, **kwargs)
 
 
 @_patch("save_weights")
 def save_weights(self, *args, **kwargs):
-    try:
-        if is_chief():
-            return _originals["save_weights"](self, *args, **kwargs)
-    finally:
-        barrier("hvd_keras.auto.save_weights")
+    if is_chief():
+        return _originals["save_weights"](self, *args, **kwargs)
 
 
 def describe():
