@@ -45,10 +45,12 @@ class _AllreduceMixin:
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         present = [i for i, g in enumerate(grads) if g is not None]
         tensors = [grads[i] for i in present]
-        # The preemption request rides in the same fused allreduce: every
-        # rank learns at the same step that some rank was signalled.
-        stop_local, stop_agreed = preemption.flags()
-        piggyback = settings.op is not hvd.Adasum
+        # With callbacks.Checkpoint(save_on_preemption=True), the preemption
+        # request rides in the same fused allreduce: every rank learns at the
+        # same step that some rank was signalled. Otherwise nothing is added.
+        carry_stop = getattr(self, "_hvd_carry_stop", False)
+        stop_local, stop_agreed = preemption.flags() if carry_stop else (None, None)
+        piggyback = carry_stop and settings.op is not hvd.Adasum
         if piggyback:
             tensors.append(tf.convert_to_tensor(stop_local))
         if getattr(self, "_hvd_timing", False):  # set by callbacks.Throughput
@@ -62,7 +64,7 @@ class _AllreduceMixin:
                 allreduce_seconds().assign_add(tf.timestamp() - start)
         if piggyback:
             stop_agreed.assign(tf.cast(reduced.pop(), tf.float32))
-        else:
+        elif carry_stop:
             stop_agreed.assign(hvd.allreduce(tf.convert_to_tensor(stop_local), op=hvd.Sum))
         grads = list(grads)
         for i, g in zip(present, reduced):

@@ -86,6 +86,10 @@ class Checkpoint(keras.callbacks.Callback):
                     "compiled with hvd_keras.DistributedOptimizer (ranks agree to stop through "
                     "its allreduce). HINT: wrap the optimizer, or pass save_on_preemption=False."
                 )
+            optimizer = self.model.optimizer
+            if size() > 1 and not getattr(optimizer, "_hvd_carry_stop", False):
+                optimizer._hvd_carry_stop = True
+                self.model.make_train_function(force=True)  # retrace with the stop flag
             preemption.reset()
             self._old_handlers = preemption.install_handlers()
         self._global_step = int(self.model.optimizer.iterations.numpy())
