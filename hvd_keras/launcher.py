@@ -1,0 +1,177 @@
+"""Launch planning: parse -> LaunchConfig -> plan (hosts, slots) -> command and environment.
+
+Every function here is pure except `run` and the build checks, so a launch can
+be printed (`--dry-run`) and tested without starting anything.
+"""
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+
+from hvd_keras.cluster import SLURMEnvironment
+
+# Set unless the user already set them. Fusion: one allreduce buffer of up to
+# 128 MiB per cycle; stall shutdown: a rank that never joins ends the job.
+RECOMMENDED_ENV = {
+    "HOROVOD_FUSION_THRESHOLD": str(128 * 1024 * 1024),
+    "HOROVOD_CYCLE_TIME": "1",
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
+}
+RECOMMENDED_GPU_ENV = {
+    "NCCL_DEBUG": "WARN",
+    "HOROVOD_GPU_ALLREDUCE": "NCCL",
+}
+
+
+class LaunchError(ValueError):
+    """A launch that cannot work; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    script: str
+    script_args: tuple = ()
+    np: int = None
+    hosts: str = None          # "host:slots,host:slots"
+    hostfile: str = None
+    controller: str = None     # "gloo", "mpi" or None (horovodrun decides)
+    slurm: str = "auto"        # "auto", "force" or "off"
+    gpus: bool = False
+    dry_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    hosts: tuple               # ((host, slots), ...)
+    np: int
+    source: str                # where the hosts came from
+
+
+def parse_hosts(text):
+    """`"a:2,b:4"` -> `[("a", 2), ("b", 4)]`; a host without slots has 1."""
+    hosts = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, slots = item.partition(":")
+        if not name or (slots and not slots.isdigit()) or slots == "0":
+            raise LaunchError(f"bad host {item!r} in -H {text!r}. HINT: write -H host1:4,host2:4.")
+        hosts.append((name, int(slots or 1)))
+    if not hosts:
+        raise LaunchError(f"-H lists no hosts. Received: {text!r}. HINT: write -H host1:4,host2:4.")
+    return hosts
+
+
+def read_hostfile(path):
+    """Hosts from a hostfile: lines `host slots=N` or `host:N`; `#` starts a comment."""
+    if not os.path.isfile(path):
+        raise LaunchError(f"hostfile {path!r} does not exist. HINT: check the path given to --hostfile.")
+    hosts = []
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            fields = line.split()
+            slots = 1
+            for field in fields[1:]:
+                if field.startswith("slots="):
+                    slots = field[6:]
+            name = fields[0]
+            if ":" in name:
+                name, slots = name.split(":", 1)
+            if not str(slots).isdigit() or int(slots) < 1:
+                raise LaunchError(f"bad line {line!r} in hostfile {path}. HINT: write `host slots=4`.")
+            hosts.append((name, int(slots)))
+    if not hosts:
+        raise LaunchError(f"hostfile {path} lists no hosts. HINT: write one `host slots=N` per line.")
+    return hosts
+
+
+def plan(config, environ=None):
+    """Decides hosts and the number of processes; raises LaunchError with the fix."""
+    environ = os.environ if environ is None else environ
+    if not os.path.isfile(config.script):
+        raise LaunchError(f"script {config.script!r} does not exist. HINT: check the path of the training script.")
+    slurm = SLURMEnvironment(environ)
+    if config.hosts:
+        hosts, source = parse_hosts(config.hosts), "-H"
+    elif config.hostfile:
+        hosts, source = read_hostfile(config.hostfile), "hostfile"
+    elif config.slurm != "off" and slurm.detect():
+        hosts, source = slurm.hosts(), f"Slurm job {environ[SLURM_JOB_ID]}"
+    elif config.slurm == "force":
+        raise LaunchError("--slurm was given but this is not inside a Slurm allocation (SLURM_JOB_ID is unset). "
+                          "HINT: run it under sbatch or salloc, or drop --slurm.")
+    else:
+        if config.np is None:
+            raise LaunchError("-np is required on a single machine. HINT: pass -np N, e.g. the number of GPUs.")
+        hosts, source = [("localhost", config.np)], "localhost"
+    slots = sum(s for _, s in hosts)
+    np_ = slots if config.np is None else config.np
+    if np_ < 1:
+        raise LaunchError(f"-np must be >= 1. Received: -np {np_}. HINT: pass -np 2 or more.")
+    if np_ > slots:
+        raise LaunchError(f"-np {np_} is more than the {slots} slots available from {source} "
+                          f"({format_hosts(hosts)}). HINT: lower -np or add slots.")
+    return Plan(hosts=tuple(hosts), np=np_, source=source)
+
+
+SLURM_JOB_ID = "SLURM_JOB_ID"
+
+
+def format_hosts(hosts):
+    return ",".join(f"{h}:{s}" for h, s in hosts)
+
+
+def launch_env(config, environ=None):
+    """The variables the launch adds: the recommended ones the user has not set."""
+    environ = os.environ if environ is None else environ
+    wanted = dict(RECOMMENDED_ENV, **(RECOMMENDED_GPU_ENV if config.gpus else {}))
+    return {k: v for k, v in wanted.items() if k not in environ}
+
+
+def build_command(config, the_plan, python=None):
+    """The horovodrun argv for a plan."""
+    cmd = ["horovodrun", "-np", str(the_plan.np), "-H", format_hosts(the_plan.hosts)]
+    if config.controller:
+        cmd.append(f"--{config.controller}")
+    cmd += [python or sys.executable, config.script, *config.script_args]
+    return cmd
+
+
+def check_build(config):
+    """Fails early when the requested controller is not built into horovod."""
+    if config.controller is None:
+        return
+    from horovod.common import util
+
+    built = util.gloo_built() if config.controller == "gloo" else util.mpi_built()
+    if not built:
+        other = "mpi" if config.controller == "gloo" else "gloo"
+        raise LaunchError(
+            f"--{config.controller} was requested but horovod was built without {config.controller.upper()}. "
+            f"HINT: use --{other}, or rebuild horovod with HOROVOD_WITH_{config.controller.upper()}=1."
+        )
+
+
+def describe(cmd, env):
+    """The command as one shell line, with the variables it adds in front."""
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())), shlex.join(cmd)])
+
+
+def run(config, environ=None):
+    """Plans, checks and runs (or prints, with dry_run) the launch; returns the exit code."""
+    environ = dict(os.environ if environ is None else environ)
+    the_plan = plan(config, environ)
+    check_build(config)
+    env = launch_env(config, environ)
+    cmd = build_command(config, the_plan)
+    if config.dry_run:
+        print(describe(cmd, env))
+        return 0
+    return subprocess.call(cmd, env={**environ, **env})

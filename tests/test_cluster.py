@@ -1,0 +1,124 @@
+"""Slurm node lists, the Slurm environment and launch planning, in one process."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from hvd_keras import cli, launcher
+from hvd_keras.cluster import SLURMEnvironment, expand_hostlist, expand_tasks_per_node
+
+FORMS = [
+    "node001", "node[001-004,007]", "gpu-a[1-2],gpu-b3", "n[1-3]", "n[01-10]", "n[8-11]",
+    "n[098-101]", "a,b,c", "rack[1-2]-n[01-02]", "x[1,3,5]", "x[1-2,5-6,9]", "host-[0-1]",
+    "c-[1-2]", "n[0-0]", "a[1-2],b[3-4],c5", "node[1-3],node7", "m[00001-00003]", "z[9-10]x[1-2]",
+    "gpu[01-02],cpu[1-3],login", "p[1-1],q[2-3]", "n[1,1]",
+]
+
+
+@pytest.fixture(scope="module")
+def scontrol_env(tmp_path_factory):
+    if not shutil.which("scontrol"):
+        pytest.fail("scontrol is missing: `make test` installs slurm-wlm (tools/bootstrap.sh --with-slurm)")
+    conf = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    # scontrol reads a configuration even to expand names; a minimal one does.
+    conf.write_text("ClusterName=local\nSlurmctldHost=localhost\nNodeName=localhost CPUs=2 State=UNKNOWN\n"
+                    "PartitionName=debug Nodes=localhost Default=YES State=UP\n")
+    return dict(os.environ, SLURM_CONF=str(conf))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_parser_matches_scontrol(form, scontrol_env):
+    out = subprocess.run(["scontrol", "show", "hostnames", form], capture_output=True, text=True,
+                         env=scontrol_env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert expand_hostlist(form) == out.stdout.split()
+
+
+@pytest.mark.parametrize("bad", ["", "n[1-", "n1-3]", "n[3-1]", "n[a-b]", "c[1-2]d", "host-[0-1]-ib"])
+def test_parser_rejects_malformed_lists(bad, scontrol_env):
+    with pytest.raises(ValueError):
+        expand_hostlist(bad)
+    if "]" in bad and not bad.endswith("]"):  # scontrol refuses text after the last bracket too
+        out = subprocess.run(["scontrol", "show", "hostnames", bad], capture_output=True, text=True,
+                             env=scontrol_env, timeout=30)
+        assert out.returncode != 0 or "Invalid" in out.stdout + out.stderr
+
+
+def test_tasks_per_node():
+    assert expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert expand_tasks_per_node("4") == [4]
+    with pytest.raises(ValueError, match="SLURM_TASKS_PER_NODE"):
+        expand_tasks_per_node("2(3)")
+
+
+SLURM_VARS = {"SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "gpu-a[1-2],gpu-b3",
+              "SLURM_TASKS_PER_NODE": "2(x2),1", "SLURM_NTASKS": "5", "SLURM_PROCID": "3",
+              "SLURM_LOCALID": "1", "SLURM_NODEID": "1"}
+
+
+def test_slurm_environment_reads_the_allocation():
+    env = SLURMEnvironment(SLURM_VARS, use_scontrol=False)
+    assert env.detect()
+    assert env.hosts() == [("gpu-a1", 2), ("gpu-a2", 2), ("gpu-b3", 1)]
+    assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (5, 3, 1, 1)
+    assert env.main_address == "gpu-a1"
+    assert not SLURMEnvironment({}, use_scontrol=False).detect()
+    broken = dict(SLURM_VARS, SLURM_TASKS_PER_NODE="2")
+    with pytest.raises(RuntimeError, match="--ntasks-per-node"):
+        SLURMEnvironment(broken, use_scontrol=False).hosts()
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "train.py"
+    path.write_text("print('hi')\n")
+    return str(path)
+
+
+def test_plan_single_machine_hostfile_and_slurm(script, tmp_path):
+    local = launcher.LaunchConfig(script=script, np=2, controller="gloo")
+    p = launcher.plan(local, environ={})
+    assert p.hosts == (("localhost", 2),) and p.np == 2
+    cmd = launcher.build_command(local, p, python="python")
+    assert cmd == ["horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", "python", script]
+
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# two nodes\nnode1 slots=4\nnode2:2\n")
+    hf = launcher.LaunchConfig(script=script, hostfile=str(hostfile), controller="mpi")
+    p = launcher.plan(hf, environ={})
+    assert p.hosts == (("node1", 4), ("node2", 2)) and p.np == 6
+
+    slurm = launcher.LaunchConfig(script=script)
+    p = launcher.plan(slurm, environ=SLURM_VARS)
+    assert p.np == 5 and launcher.format_hosts(p.hosts) == "gpu-a1:2,gpu-a2:2,gpu-b3:1"
+
+
+def test_recommended_env_respects_what_the_user_set(script):
+    config = launcher.LaunchConfig(script=script, np=1, gpus=True)
+    env = launcher.launch_env(config, environ={"HOROVOD_CYCLE_TIME": "5"})
+    assert "HOROVOD_CYCLE_TIME" not in env and env["NCCL_DEBUG"] == "WARN"
+    assert env["HOROVOD_FUSION_THRESHOLD"] == str(128 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["run", "-np", "2", "missing.py"], "does not exist"),
+    (["run", "-np", "9", "-H", "a:4,b:4", "{script}"], "more than the 8 slots"),
+    (["run", "--slurm", "-np", "2", "{script}"], "not inside a Slurm allocation"),
+    (["run", "{script}"], "-np is required"),
+    (["run", "-np", "2", "-H", "a:x", "{script}"], "bad host"),
+])
+def test_cli_bad_input_one_line(argv, match, script, capsys, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert cli.main([a.format(script=script) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and "HINT" in err
+
+
+def test_cli_dry_run_prints_the_command(script, capsys, monkeypatch):
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2")
+    assert cli.main(["run", "-np", "2", "--gloo", "--dry-run", script, "--epochs", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("HOROVOD_FUSION_THRESHOLD=134217728 ") and "HOROVOD_CYCLE_TIME" not in line
+    assert line.endswith(f"horovodrun -np 2 -H localhost:2 --gloo {os.sys.executable} {script} --epochs 3")
