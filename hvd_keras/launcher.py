@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from hvd_keras.cluster import SLURMEnvironment
+from hvd_keras.cluster import slurm as slurm_vars
 
 # Set unless the user already set them. Fusion: one allreduce buffer of up to
 # 128 MiB per cycle; stall shutdown: a rank that never joins ends the job.
@@ -103,7 +104,7 @@ def plan(config, environ=None):
     elif config.hostfile:
         hosts, source = read_hostfile(config.hostfile), "hostfile"
     elif config.slurm != "off" and slurm.detect():
-        hosts, source = slurm.hosts(), f"Slurm job {environ[SLURM_JOB_ID]}"
+        hosts, source = slurm.hosts(), f"Slurm job {environ[slurm_vars.JOB_ID]}"
     elif config.slurm == "force":
         raise LaunchError("--slurm was given but this is not inside a Slurm allocation (SLURM_JOB_ID is unset). "
                           "HINT: run it under sbatch or salloc, or drop --slurm.")
@@ -120,8 +121,6 @@ def plan(config, environ=None):
                           f"({format_hosts(hosts)}). HINT: lower -np or add slots.")
     return Plan(hosts=tuple(hosts), np=np_, source=source)
 
-
-SLURM_JOB_ID = "SLURM_JOB_ID"
 
 
 def format_hosts(hosts):
