@@ -31,6 +31,18 @@ def allreduce_seconds():
     return _timing["seconds"]
 
 
+def enable_step_option(model, option):
+    """Turns on an optional part of the compiled step (`"_hvd_timing"`, `"_hvd_carry_stop"`).
+
+    Options are off by default so that the step carries nothing unused; turning
+    one on retraces the model's train function once.
+    """
+    optimizer = model.optimizer
+    if not getattr(optimizer, option, False):
+        setattr(optimizer, option, True)
+        model.make_train_function(force=True)
+
+
 class _AllreduceMixin:
     """The one place where gradients cross ranks: one fused grouped allreduce."""
 

@@ -8,7 +8,7 @@ import numpy as np
 from hvd_keras import checkpoint as ckpt
 from hvd_keras import preemption
 from hvd_keras._horovod import keras
-from hvd_keras.optimizer import _AllreduceMixin
+from hvd_keras.optimizer import _AllreduceMixin, enable_step_option
 from hvd_keras.runtime import barrier, is_chief, size
 
 
@@ -86,10 +86,8 @@ class Checkpoint(keras.callbacks.Callback):
                     "compiled with hvd_keras.DistributedOptimizer (ranks agree to stop through "
                     "its allreduce). HINT: wrap the optimizer, or pass save_on_preemption=False."
                 )
-            optimizer = self.model.optimizer
-            if size() > 1 and not getattr(optimizer, "_hvd_carry_stop", False):
-                optimizer._hvd_carry_stop = True
-                self.model.make_train_function(force=True)  # retrace with the stop flag
+            if size() > 1:
+                enable_step_option(self.model, "_hvd_carry_stop")
             preemption.reset()
             self._old_handlers = preemption.install_handlers()
         self._global_step = int(self.model.optimizer.iterations.numpy())

@@ -4,7 +4,7 @@ import json
 import time
 
 from hvd_keras._horovod import hvd, keras
-from hvd_keras.optimizer import _AllreduceMixin, allreduce_seconds
+from hvd_keras.optimizer import _AllreduceMixin, allreduce_seconds, enable_step_option
 from hvd_keras.runtime import is_chief, size
 
 
@@ -43,9 +43,8 @@ class Throughput(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         # tf.timestamp is refused under op determinism: then no share is reported.
         self._timed = isinstance(optimizer, _AllreduceMixin) and size() > 1 and not _deterministic()
-        if self._timed and not getattr(optimizer, "_hvd_timing", False):
-            optimizer._hvd_timing = True
-            self.model.make_train_function(force=True)  # retrace with the timestamps
+        if self._timed:
+            enable_step_option(self.model, "_hvd_timing")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._batches = 0

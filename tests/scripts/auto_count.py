@@ -2,12 +2,10 @@
 and writes files with relative paths from a per-rank working directory."""
 
 import os
-import sys
 
 import _common
 
 _common.quiet_tf()
-sys.argv += []  # the script reads --out and --work
 import hvd_keras.auto  # noqa: E402,F401  (the one line)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
