@@ -1,4 +1,6 @@
 # hvd_keras: every target installs what it needs first (tools/bootstrap.sh).
+# HVD_KERAS_DEVICE=gpu|cpu (default: detected) and HVD_KERAS_TF=<version>
+# (a row of tools/versions.txt) choose what `setup` installs.
 PYTHON := .venv/bin/python
 HOROVODRUN := .venv/bin/horovodrun
 NP ?= 2
@@ -7,7 +9,7 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-test run test bench clean
+.PHONY: setup setup-test run test bench check-gpu-build clean
 
 setup:
 	bash tools/bootstrap.sh
@@ -26,6 +28,15 @@ test: setup-test
 
 bench: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/overhead.py
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/xla.py
+
+# Proves the GPU (NCCL) build of horovod on any machine, GPU or not: a venv of
+# its own (.venv-gpu) with tensorflow[and-cuda], a CUDA toolkit assembled from
+# PyPI wheels, and checks that the build has CUDA and NCCL and still trains on
+# CPU tensors through Gloo and MPI.
+check-gpu-build:
+	HVD_KERAS_DEVICE=gpu HVD_KERAS_CUDA_FROM_WHEELS=1 HVD_KERAS_VENV=.venv-gpu bash tools/bootstrap.sh
+	PATH=$(CURDIR)/.venv-gpu/bin:$$PATH bash tools/check_gpu_build.sh .venv-gpu
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache
+	rm -rf .venv .venv-gpu build *.egg-info .pytest_cache

@@ -1,7 +1,8 @@
 """Broadcast of model and optimizer state from one rank to all."""
 
+from hvd_keras import placement
 from hvd_keras._horovod import hvd, tf
-from hvd_keras.runtime import size
+from hvd_keras.runtime import size, this_placement
 
 # Horovod has no wire type for these; they travel widened and come back exact.
 _WIRE_DTYPES = {tf.uint32: tf.int64, tf.uint64: tf.int64, tf.bfloat16: tf.float32}
@@ -31,7 +32,10 @@ def check_same_structure(variables, root_rank=0):
     names the rank and the first differing variable. Every rank must call it.
     """
     mine = [(tuple(v.shape), str(v.dtype)) for v in variables]
-    everyone = hvd.allgather_object(mine, name="hvd_keras.state_structure")
+    gathered = hvd.allgather_object((mine, this_placement()), name="hvd_keras.state_structure")
+    # The first collective of a job: it also proves that no two processes share a GPU.
+    placement.check_distinct([p for _, p in gathered])
+    everyone = [structure for structure, _ in gathered]
     reference = everyone[root_rank]
     for other_rank, theirs in enumerate(everyone):
         if theirs == reference:

@@ -21,7 +21,8 @@ def _parser():
     sl.add_argument("--slurm", dest="slurm", action="store_const", const="force",
                     help="require a Slurm allocation and take hosts from it")
     sl.add_argument("--no-slurm", dest="slurm", action="store_const", const="off")
-    r.add_argument("--gpus", action="store_true", help="also set the recommended NCCL variables")
+    r.add_argument("--gpus", action="store_true",
+                   help="one process per GPU: check -np against this host's GPUs and set NCCL's variables")
     r.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
     r.add_argument("script")
     r.add_argument("script_args", nargs=argparse.REMAINDER)

@@ -10,6 +10,9 @@ import shlex
 import subprocess
 import sys
 
+import socket
+
+from hvd_keras import placement
 from hvd_keras.cluster import SLURMEnvironment
 from hvd_keras.cluster import slurm as slurm_vars
 
@@ -23,7 +26,6 @@ RECOMMENDED_ENV = {
 }
 RECOMMENDED_GPU_ENV = {
     "NCCL_DEBUG": "WARN",
-    "HOROVOD_GPU_ALLREDUCE": "NCCL",
 }
 
 
@@ -123,6 +125,45 @@ def plan(config, environ=None):
 
 
 
+def processes_per_host(the_plan):
+    """How horovodrun places the plan's processes: hosts filled in order, up to their slots."""
+    left, placed = the_plan.np, []
+    for host, slots in the_plan.hosts:
+        n = min(slots, left)
+        placed.append((host, n))
+        left -= n
+    return placed
+
+
+def _is_this_host(host):
+    return host in ("localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn())
+
+
+def check_gpus(the_plan, gpu_count=None):
+    """With --gpus: fails when this host would run more processes than it has GPUs.
+
+    Remote hosts are not reachable from here and are checked by every
+    process's `hvd_keras.init()` instead.
+
+    Args:
+        gpu_count: GPUs visible here; defaults to `placement.visible_gpu_count()`.
+    """
+    local = sum(n for host, n in processes_per_host(the_plan) if _is_this_host(host))
+    if local == 0:
+        return
+    count = placement.visible_gpu_count() if gpu_count is None else gpu_count
+    if count is None:
+        raise LaunchError(
+            f"--gpus: cannot count this host's GPUs to place {local} processes (no nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES is unset). HINT: set CUDA_VISIBLE_DEVICES, or drop --gpus."
+        )
+    if local > count:
+        raise LaunchError(
+            f"--gpus: {local} processes would run on this host but it has {count} GPU(s), so "
+            f"processes would share a GPU. HINT: pass -np {count} (one process per GPU) or fewer."
+        )
+
+
 def format_hosts(hosts):
     return ",".join(f"{h}:{s}" for h, s in hosts)
 
@@ -147,9 +188,9 @@ def check_build(config):
     """Fails early when the requested controller is not built into horovod."""
     if config.controller is None:
         return
-    from horovod.common import util
+    from hvd_keras import _compat
 
-    built = util.gloo_built() if config.controller == "gloo" else util.mpi_built()
+    built = _compat.controller_built(config.controller)
     if not built:
         other = "mpi" if config.controller == "gloo" else "gloo"
         raise LaunchError(
@@ -168,6 +209,8 @@ def run(config, environ=None):
     environ = dict(os.environ if environ is None else environ)
     the_plan = plan(config, environ)
     check_build(config)
+    if config.gpus:
+        check_gpus(the_plan)
     env = launch_env(config, environ)
     cmd = build_command(config, the_plan)
     if config.dry_run:

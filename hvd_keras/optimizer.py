@@ -3,7 +3,7 @@
 import dataclasses
 import functools
 
-from hvd_keras import preemption
+from hvd_keras import _compat, preemption
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.broadcast import check_same_structure
 from hvd_keras.runtime import size
@@ -46,12 +46,24 @@ def enable_step_option(model, option):
 class _AllreduceMixin:
     """The one place where gradients cross ranks: one fused grouped allreduce."""
 
+    # Trace-time state, set on the instance: `_hvd_pass_through` (gradients
+    # arrive already reduced: an outer LossScaleOptimizer or the XLA step
+    # reduced them), `_hvd_capture` (an object with a `calls` list: `apply`
+    # only records its arguments there, see hvd_keras.train_function; not a
+    # bare list, which Keras's attribute tracking would copy).
+    _hvd_pass_through = False
+    _hvd_capture = None
+
     def _hvd_allreduce(self, grads):
         # Reached at trace time; `apply` checks the flag to prove the update
         # went through here.
         self._hvd_reduced = True
-        if size() == 1:
+        if size() == 1 or self._hvd_pass_through:
             return grads
+        return self._hvd_reduce(grads)
+
+    def _hvd_reduce(self, grads):
+        """Averages `grads` (a list, Nones allowed) across ranks: the collective itself."""
         settings = self._hvd_settings
         if settings.sparse_as_dense:
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
@@ -93,6 +105,9 @@ class _AllreduceMixin:
                 check_same_structure(variables)
 
     def apply(self, grads, trainable_variables=None):
+        if self._hvd_capture is not None:
+            self._hvd_capture.calls.append((list(grads), trainable_variables))
+            return None
         self._hvd_reduced = False
         update_expected = self._hvd_update_expected()
         result = self._hvd_apply(grads, trainable_variables)
@@ -103,7 +118,7 @@ class _AllreduceMixin:
                 "would silently train different models. HINT: apply gradients only "
                 "through the optimizer returned by hvd_keras.DistributedOptimizer; if "
                 "this is Keras's own train step, this Keras version changed the "
-                "optimizer internals: install the keras version pinned in constraints.txt."
+                "optimizer internals: install a supported Keras (tools/versions.txt)."
             )
         return result
 
@@ -116,7 +131,7 @@ class _AllreduceMixin:
         steps = getattr(self, "gradient_accumulation_steps", None)
         if not steps or not tf.executing_eagerly():
             return True
-        return int(self._iterations.numpy() + 1) % steps == 0
+        return int(_compat.micro_steps(self).numpy() + 1) % steps == 0
 
 
 class _DistributedGradients(_AllreduceMixin):
@@ -156,6 +171,35 @@ def _distributed_class(cls):
             "__doc__": cls.__doc__,
         },
     )
+
+
+def is_distributed(optimizer):
+    """True for an optimizer that averages gradients across ranks, itself or inside a LossScaleOptimizer."""
+    return isinstance(optimizer, _AllreduceMixin) or isinstance(
+        getattr(optimizer, "inner_optimizer", None), _AllreduceMixin)
+
+
+def reduce_before_loss_scaling(optimizer):
+    """Turns `LossScaleOptimizer(DistributedOptimizer(opt))` into the order that agrees across ranks.
+
+    Under a `mixed_float16` policy Keras's `compile` wraps the optimizer it
+    is given in a `LossScaleOptimizer`, so a distributed optimizer ends up
+    inside one. There the allreduce would come after the loss-scale
+    optimizer's finiteness check, which each rank makes on its own gradients:
+    a step that overflows on one rank only would be skipped there and applied
+    elsewhere. This makes the outer optimizer reduce (before its check, as
+    `DistributedOptimizer(LossScaleOptimizer(opt))` does) and the inner one
+    pass the reduced gradients through. The objects stay the same, so
+    references the user holds remain valid. Returns `optimizer`.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if (isinstance(optimizer, _compat.LossScaleOptimizer) and not isinstance(optimizer, _AllreduceMixin)
+            and isinstance(inner, _AllreduceMixin)):
+        _compat.set_class(optimizer, _distributed_class(type(optimizer)))
+        optimizer._hvd_settings = inner._hvd_settings
+        optimizer._hvd_reduced = False
+        inner._hvd_pass_through = True
+    return optimizer
 
 
 def DistributedOptimizer(

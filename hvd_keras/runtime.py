@@ -1,19 +1,35 @@
 """Process-level state: Horovod initialisation, ranks and a barrier."""
 
 import os
+import socket
 
+from hvd_keras import placement
 from hvd_keras._horovod import hvd, tf
 
+_state = {}
 
-def init():
+
+def init(comm=None):
     """Initialises Horovod and pins this process to its GPU. Idempotent.
 
-    On a machine with GPUs each process sees only the GPU of its local rank,
-    with memory growth on, so that N processes on one node share N GPUs
-    instead of all allocating GPU 0. On CPU there is nothing to pin.
+    On a machine with GPUs each process takes one GPU, with memory growth
+    on, so that N processes on a node share N GPUs instead of all
+    allocating GPU 0: the GPU at index `local_rank()` when every process
+    sees all GPUs (`horovodrun -np 8` on an 8-GPU node), or the first of its
+    own when the launcher gave each task its own (`srun --gpus-per-task=1`).
+    Two processes of a host that would use the same GPU (more processes
+    than GPUs) are an error on every rank, never a silent share. On CPU there
+    is nothing to pin.
 
     Call it before building any model (TensorFlow fixes its visible devices
     the first time it touches a GPU).
+
+    Args:
+        comm: an mpi4py communicator (or a list of ranks) to run Horovod on,
+            as `horovod.init(comm=...)` takes: hvd_keras then runs inside an
+            existing MPI program, or on a sub-communicator. Needs the MPI
+            controller (`mpirun`, `horovodrun --mpi`). Default: all processes
+            of the launch.
 
     Example:
 
@@ -24,7 +40,7 @@ def init():
     print(f"rank {hvd_keras.rank()} of {hvd_keras.size()}")
     ```
     """
-    if hvd.is_initialized():
+    if hvd.is_initialized() and "placement" in _state:
         return
     # A rank that never reaches a collective (a bug, a rank-only branch)
     # would leave the others waiting forever: Horovod names the missing
@@ -32,16 +48,51 @@ def init():
     # hanging. Long enough for a rank-0 checkpoint of a large model.
     os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "60")
     os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "600")
-    hvd.init()
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        gpu = gpus[hvd.local_rank() % len(gpus)]
-        tf.config.experimental.set_memory_growth(gpu, True)
-        tf.config.set_visible_devices(gpu, "GPU")
+    if not hvd.is_initialized():
+        hvd.init() if comm is None else hvd.init(comm=comm)
+    # No collective here: it would run a TensorFlow op and so freeze
+    # TensorFlow's configuration (threads, devices) before the user's script
+    # sets it. The placements are compared in the first collective hvd_keras
+    # runs anyway (broadcast.check_same_structure, before the first step).
+    _state["placement"] = pin_gpu(tf.config, socket.gethostname(), hvd.rank(), hvd.local_rank(),
+                                  hvd.local_size())
+
+
+def this_placement():
+    """This process's GPU `Placement` chosen by `init()`."""
+    _ensure_init()
+    return _state["placement"]
+
+
+def pin_gpu(config, host, rank, local_rank, local_size, environ=None):
+    """Makes one GPU visible to this process (see `init`); returns its `Placement`.
+
+    Args:
+        config: `tf.config` (a stand-in in unit tests).
+    """
+    environ = os.environ if environ is None else environ
+    gpus = config.list_physical_devices("GPU")
+    mine = placement.choose(host, rank, local_rank, local_size, len(gpus),
+                            environ.get("CUDA_VISIBLE_DEVICES"))
+    if mine.index is None:
+        return mine
+    gpu = gpus[mine.index]
+    if config.get_visible_devices("GPU") == [gpu]:
+        return mine  # already pinned (a second init after hvd.shutdown, or the user did it)
+    try:
+        config.experimental.set_memory_growth(gpu, True)
+        config.set_visible_devices(gpu, "GPU")
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"hvd_keras.init() could not pin rank {rank} to {gpu.name}: TensorFlow already "
+            f"initialised its GPUs ({e}). HINT: call hvd_keras.init() at the top of the script, "
+            "before building a model or running any TensorFlow op."
+        ) from None
+    return mine
 
 
 def _ensure_init():
-    if not hvd.is_initialized():
+    if "placement" not in _state:
         init()
 
 

@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
 # Installs everything hvd_keras needs on a fresh Debian machine (run as root):
-# system packages, the virtual environment at .venv/, and horovod built from
-# source against the pinned TensorFlow. Idempotent: a second run only checks.
+# system packages, a virtual environment, TensorFlow and Keras from
+# tools/versions.txt, and horovod built from source against that TensorFlow.
+# Idempotent: a second run only checks.
 #
 # Usage: tools/bootstrap.sh [--with-slurm]
+# Environment:
+#   HVD_KERAS_DEVICE=auto|gpu|cpu  gpu: tensorflow[and-cuda] and horovod with NCCL;
+#                                  auto (default): gpu when nvidia-smi lists a GPU
+#   HVD_KERAS_TF=2.18.1            a row of tools/versions.txt (default: its first row)
+#   HVD_KERAS_VENV=dir             the virtual environment (default: .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-VENV=$ROOT/.venv
+VENV=${HVD_KERAS_VENV:-$ROOT/.venv}
+case "$VENV" in /*) ;; *) VENV=$ROOT/$VENV ;; esac
 PY=${PYTHON:-python3}
 WITH_SLURM=0
 [ "${1:-}" = "--with-slurm" ] && WITH_SLURM=1
 
 log() { echo "[bootstrap] $*"; }
+die() { echo "[bootstrap] error: $*" >&2; exit 2; }
+
+# --- what to install -------------------------------------------------------
+DEVICE=$(bash tools/detect_device.sh) || exit 2
+row=$(awk -v tf="${HVD_KERAS_TF:-}" '!/^#/ && NF >= 2 && (tf == "" || $1 == tf) { print; exit }' tools/versions.txt)
+if [ -z "$row" ]; then
+  die "HVD_KERAS_TF=${HVD_KERAS_TF} is not in tools/versions.txt. Received: HVD_KERAS_TF=${HVD_KERAS_TF}." \
+      "HINT: use one of: $(awk '!/^#/ && NF >= 2 { printf "%s ", $1 }' tools/versions.txt)"
+fi
+read -r TF_VERSION KERAS_VERSION EXTRA <<<"$row"
+if [ "$DEVICE" = gpu ]; then
+  TF_PKG=tensorflow TF_REQ="tensorflow[and-cuda]"
+else
+  TF_PKG=tensorflow-cpu TF_REQ=tensorflow-cpu
+fi
 
 # --- system packages -------------------------------------------------------
 # openmpi: MPI controller and mpirun; cmake 3.25: Debian's (the PyPI cmake 4.x
@@ -32,19 +54,34 @@ if [ -n "$missing" ]; then
 fi
 
 # --- virtual environment ---------------------------------------------------
+# A venv holds one TensorFlow for one device; asking for another starts afresh.
+FLAVOUR="tf$TF_VERSION-keras$KERAS_VERSION-$DEVICE"
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.hvd_keras-flavour" 2>/dev/null)" != "$FLAVOUR" ]; then
+  log "$VENV holds $(cat "$VENV/.hvd_keras-flavour" 2>/dev/null || echo 'another install'); recreating it for $FLAVOUR"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-  log "creating $VENV"
+  log "creating $VENV for $FLAVOUR"
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
+  echo "$FLAVOUR" > "$VENV/.hvd_keras-flavour"
 fi
 PIP="$VENV/bin/pip"
+CONSTRAINTS=$VENV/hvd_keras-constraints.txt
+{
+  echo "$TF_PKG==$TF_VERSION"
+  echo "keras==$KERAS_VERSION"
+  echo "horovod==0.28.1"
+  [ "${EXTRA:--}" != "-" ] && echo "$EXTRA" | tr ',' '\n'
+  true
+} > "$CONSTRAINTS"
 STAMP=$VENV/.hvd_keras-deps
-want="$(sha256sum constraints.txt setup.cfg tools/bootstrap.sh tools/build_horovod.sh | sha256sum | cut -c1-16)"
+want="$(cat "$CONSTRAINTS" setup.cfg tools/bootstrap.sh tools/build_horovod.sh | sha256sum | cut -c1-16)-$DEVICE"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  log "installing TensorFlow and Python dependencies"
-  "$PIP" install -q -c constraints.txt "tensorflow-cpu" "keras" numpy mpi4py scikit-learn matplotlib pytest psutil
-  bash tools/build_horovod.sh "$VENV"
-  "$PIP" install -q -c constraints.txt --no-build-isolation -e ".[cpu,test]"
+  log "installing $TF_PKG $TF_VERSION, keras $KERAS_VERSION and Python dependencies into $VENV"
+  "$PIP" install -q -c "$CONSTRAINTS" "$TF_REQ" keras numpy mpi4py scikit-learn matplotlib pytest psutil
+  bash tools/build_horovod.sh "$VENV" "$DEVICE"
+  "$PIP" install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e .
   echo "$want" > "$STAMP"
 fi
-log "ready: $("$VENV/bin/python" -c 'import tensorflow as tf, keras, horovod; print("tensorflow", tf.__version__, "keras", keras.__version__, "horovod", horovod.__version__)' 2>/dev/null)"
+log "ready ($DEVICE): $("$VENV/bin/python" -c 'import tensorflow as tf, keras, horovod; print("tensorflow", tf.__version__, "keras", keras.__version__, "horovod", horovod.__version__)' 2>/dev/null)"

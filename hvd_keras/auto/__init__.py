@@ -45,11 +45,12 @@ import dataclasses
 import functools
 import os
 
+from hvd_keras import _compat
 from hvd_keras import data as _data
 from hvd_keras._horovod import keras, tf
 from hvd_keras.callbacks import BroadcastInitialState, LearningRateWarmup
 from hvd_keras.metrics import exact_metrics
-from hvd_keras.optimizer import DistributedOptimizer, _AllreduceMixin
+from hvd_keras.optimizer import DistributedOptimizer, is_distributed
 from hvd_keras.output import rank_zero_output
 from hvd_keras.runtime import init, is_chief, rank, size
 from hvd_keras.schedules import scale_learning_rate
@@ -119,9 +120,9 @@ def _shardable(x):
 def compile(self, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
     if isinstance(optimizer, str):
         optimizer = keras.optimizers.get(optimizer)
-    if isinstance(optimizer, keras.optimizers.Optimizer) and not isinstance(optimizer, _AllreduceMixin):
+    if isinstance(optimizer, keras.optimizers.Optimizer) and not is_distributed(optimizer):
         inner = getattr(optimizer, "inner_optimizer", optimizer)
-        if not isinstance(inner._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        if _compat.learning_rate_schedule(inner) is None:
             inner.learning_rate = scale_learning_rate(float(inner.learning_rate), SETTINGS.lr_scaling)
         optimizer = DistributedOptimizer(optimizer)
     result = _originals["compile"](self, optimizer, *args, **kwargs)
@@ -134,7 +135,7 @@ def compile(self, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
 def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
         validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
         sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None, **kwargs):
-    if size() > 1 and not isinstance(getattr(self, "optimizer", None), _AllreduceMixin):
+    if size() > 1 and not is_distributed(getattr(self, "optimizer", None)):
         raise RuntimeError(
             "hvd_keras.auto: this model was compiled before `import hvd_keras.auto`, so its "
             "optimizer does not average gradients across ranks. HINT: put `import hvd_keras.auto` "
@@ -183,7 +184,7 @@ def _steps(x, batch_size, validation_split):
 
 @_patch("evaluate")
 def evaluate(self, *args, **kwargs):
-    if kwargs.get("_use_cached_eval_dataset"):
+    if _compat.is_fit_validation(kwargs):
         # fit's validation: the data were sharded, exact metrics combine them.
         return _originals["evaluate"](self, *args, **kwargs)
     # A direct call: every rank evaluates all the data, so the results are the

@@ -8,7 +8,7 @@ import numpy as np
 from hvd_keras import checkpoint as ckpt
 from hvd_keras import preemption
 from hvd_keras._horovod import keras
-from hvd_keras.optimizer import _AllreduceMixin, enable_step_option
+from hvd_keras.optimizer import enable_step_option, is_distributed
 from hvd_keras.runtime import barrier, is_chief, size
 
 
@@ -80,7 +80,7 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.save_on_preemption:
-            if size() > 1 and not isinstance(self.model.optimizer, _AllreduceMixin):
+            if size() > 1 and not is_distributed(self.model.optimizer):
                 raise ValueError(
                     "Checkpoint(save_on_preemption=True) on several ranks needs the model "
                     "compiled with hvd_keras.DistributedOptimizer (ranks agree to stop through "

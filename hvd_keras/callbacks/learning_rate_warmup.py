@@ -1,5 +1,6 @@
 """LearningRateWarmup callback."""
 
+from hvd_keras import _compat
 from hvd_keras._horovod import keras
 from hvd_keras.runtime import size
 
@@ -60,7 +61,7 @@ class LearningRateWarmup(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = self._optimizer()
-        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        if _compat.learning_rate_schedule(optimizer) is not None:
             raise ValueError(
                 "LearningRateWarmup needs a float learning rate; the optimizer has a schedule. "
                 "HINT: wrap the schedule in hvd_keras.schedules.Warmup instead."

@@ -3,8 +3,9 @@
 import json
 import time
 
+from hvd_keras import _compat
 from hvd_keras._horovod import hvd, keras
-from hvd_keras.optimizer import _AllreduceMixin, allreduce_seconds, enable_step_option
+from hvd_keras.optimizer import allreduce_seconds, enable_step_option, is_distributed
 from hvd_keras.runtime import is_chief, size
 
 
@@ -42,7 +43,7 @@ class Throughput(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
         # tf.timestamp is refused under op determinism: then no share is reported.
-        self._timed = isinstance(optimizer, _AllreduceMixin) and size() > 1 and not _deterministic()
+        self._timed = is_distributed(optimizer) and size() > 1 and not _compat.is_op_determinism_enabled()
         if self._timed:
             enable_step_option(self.model, "_hvd_timing")
 
@@ -84,9 +85,3 @@ class Throughput(keras.callbacks.Callback):
                 write_json_atomic(self.path, {"size": size(), "batch_size": self.batch_size,
                                               "epochs": self.epochs})
 
-
-def _deterministic():
-    # TensorFlow exports the setter but not the getter.
-    from tensorflow.python.framework import config
-
-    return config.is_op_determinism_enabled()

@@ -9,12 +9,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 
-def quiet_tf(deterministic=True):
+def quiet_tf(deterministic=True, threads=True):
     import tensorflow as tf
 
-    # Two ranks on two cores: one thread each keeps runs fast and repeatable.
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if threads:
+        # Two ranks on two cores: one thread each keeps runs fast and repeatable.
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(1234)  # determinism needs a seed; scripts reseed per rank where they mean to
@@ -45,3 +46,21 @@ def arg(name, default=None):
     if f"--{name}" in sys.argv:
         return sys.argv[sys.argv.index(f"--{name}") + 1]
     return default
+
+
+def pretend_gpu():
+    """Makes `tf.config.list_physical_devices()` report one GPU, as on a GPU machine.
+
+    Only the listing changes (Keras's jit_compile="auto" decision reads it);
+    nothing runs on a GPU.
+    """
+    import tensorflow as tf
+
+    real = tf.config.list_physical_devices
+    fake = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+
+    def list_physical_devices(device_type=None):
+        devices = real(device_type)
+        return devices + [fake] if device_type in (None, "GPU") else devices
+
+    tf.config.list_physical_devices = list_physical_devices

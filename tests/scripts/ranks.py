@@ -1,8 +1,9 @@
-"""Records this process's rank and the job size."""
+"""Records this process's rank, the job size and the GPU it took."""
 
 import _common
 
 import hvd_keras  # noqa: E402
 
 hvd_keras.init()
-_common.save_result(_common.arg("out"), hvd_keras.rank(), size=hvd_keras.size(), my_rank=hvd_keras.rank())
+_common.save_result(_common.arg("out"), hvd_keras.rank(), size=hvd_keras.size(), my_rank=hvd_keras.rank(),
+                    gpu=str(hvd_keras.runtime.this_placement().device))

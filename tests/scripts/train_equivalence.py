@@ -5,7 +5,14 @@ Writes out/rank{r}.npz with the final weights and optimizer variables.
 
 import _common
 
-_common.quiet_tf()
+# no | yes | auto (Keras's default) | auto-gpu (the default as on a machine with a GPU)
+jit = _common.arg("jit", "no")
+precision = _common.arg("precision", "float32")
+api = _common.arg("api", "explicit")      # explicit | auto (import hvd_keras.auto, plain compile and fit)
+# XLA is refused under op determinism (keras model_supports_jit), so XLA runs are not deterministic.
+_common.quiet_tf(deterministic=jit == "no", threads=_common.arg("threads", "1") == "1")
+if api == "auto":
+    import hvd_keras.auto  # noqa: F401
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -14,6 +21,12 @@ import hvd_keras  # noqa: E402
 
 hvd_keras.init()
 rank, size = hvd_keras.rank(), hvd_keras.size()
+if precision != "float32":
+    keras.mixed_precision.set_global_policy(precision)
+if jit == "auto-gpu":
+    # What Keras sees on a GPU machine: TensorFlow lists a GPU (after init()
+    # has pinned devices, so only the jit_compile decision sees it).
+    _common.pretend_gpu()
 out = _common.arg("out")
 optimizer_name = _common.arg("optimizer", "sgd")
 global_batch = int(_common.arg("global-batch", "16"))
@@ -61,20 +74,31 @@ elif optimizer_name == "lso":
     opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
 else:
     raise SystemExit(f"unknown optimizer {optimizer_name}")
-if _common.arg("wrap", "yes") == "yes":
+wrap = _common.arg("wrap", "yes" if api == "explicit" else "no")
+if wrap == "yes":
     opt = hvd_keras.DistributedOptimizer(opt)
+elif wrap == "outside-lso":  # Keras wraps it in a LossScaleOptimizer under mixed_float16
+    opt = hvd_keras.DistributedOptimizer(opt.inner_optimizer if optimizer_name == "lso" else opt)
+compile_kwargs = {} if jit.startswith("auto") else {"jit_compile": jit == "yes"}
 model.compile(
     optimizer=opt,
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    **compile_kwargs,
 )
+if jit != "auto":
+    assert model.jit_compile == (jit != "no"), model.jit_compile
 # The reference weights come from a fixed seed, broadcast from rank 0.
 keras.utils.set_random_seed(0)
 reference = make_model()
 model.set_weights(reference.get_weights()) if rank == 0 else None
 
-xs, ys, sws = hvd_keras.data.shard((x, y, sw))
-fit_kwargs = dict(batch_size=global_batch // size, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[hvd_keras.callbacks.BroadcastInitialState()])
+if api == "auto":  # auto shards the data and broadcasts the initial state itself
+    xs, ys, sws = x, y, sw
+    fit_kwargs = dict(batch_size=global_batch // size, epochs=1, shuffle=False, verbose=0)
+else:
+    xs, ys, sws = hvd_keras.data.shard((x, y, sw))
+    fit_kwargs = dict(batch_size=global_batch // size, epochs=1, shuffle=False, verbose=0,
+                      callbacks=[hvd_keras.callbacks.BroadcastInitialState()])
 if mode == "class_weight":
     model.fit(xs, ys, class_weight={0: 0.5, 1: 2.0, 2: 1.0}, **fit_kwargs)
 elif mode == "sample_weight":
@@ -86,6 +110,7 @@ _common.save_result(
     out,
     rank,
     weights=_common.flat_weights(model.trainable_variables),
-    optimizer=_common.flat_weights([v for v in opt.variables if v.dtype.startswith("float")]),
-    iterations=int(opt.iterations.numpy()),
+    optimizer=_common.flat_weights([v for v in model.optimizer.variables if v.dtype.startswith("float")]),
+    iterations=int(model.optimizer.iterations.numpy()),
+    xla_split=hvd_keras.train_function.uses_xla_split(model),
 )

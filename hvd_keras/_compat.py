@@ -1,0 +1,173 @@
+"""Every private Keras, TensorFlow and Horovod attribute that hvd_keras uses, in one place.
+
+Keras, TensorFlow and Horovod move their internals between releases. hvd_keras
+reaches into a few of them; every such use goes through this module, and
+`check()` (run when hvd_keras is imported) verifies that they all exist, so an
+unsupported version fails at import with one line naming the supported range
+instead of deep inside a training step. The runtime guard in
+`DistributedOptimizer.apply` stays as a second line of defence.
+"""
+
+import functools
+import inspect
+
+from hvd_keras._horovod import hvd, keras, tf
+
+#: The combinations proved by `make compat` (tools/versions.txt, README table).
+SUPPORTED = "TensorFlow 2.16 to 2.21 with Keras 3.3 to 3.15"
+
+LossScaleOptimizer = keras.optimizers.LossScaleOptimizer
+
+
+def _trainer_class():
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    return TensorFlowTrainer
+
+
+def _base_trainer_class():
+    from keras.src.trainers.trainer import Trainer
+
+    return Trainer
+
+
+# (owner, attribute, why hvd_keras needs it). Instance attributes are checked
+# on a freshly made SGD optimizer.
+_CLASS_ATTRIBUTES = [
+    (keras.optimizers.Optimizer, "_clip_gradients",
+     "the gradient allreduce is hooked there: every real update passes it once"),
+    (_trainer_class, "make_train_function", "hvd_keras builds the XLA and mixed-precision train step"),
+    (_trainer_class, "_make_function", "hvd_keras reuses Keras's steps_per_execution loop"),
+    (_base_trainer_class, "get_metrics_result", "exact metrics combine metric states before results"),
+    (LossScaleOptimizer, "inner_optimizer", None),
+]
+_INSTANCE_ATTRIBUTES = ["_learning_rate", "iterations", "gradient_accumulation_steps"]
+
+
+def check():
+    """Raises ImportError naming the supported versions if an internal is missing."""
+    missing = []
+    for owner, name, _ in _CLASS_ATTRIBUTES:
+        cls = owner if isinstance(owner, type) else owner()
+        if name == "inner_optimizer":
+            continue  # an instance attribute of LossScaleOptimizer, checked below
+        if not hasattr(cls, name):
+            missing.append(f"{cls.__name__}.{name}")
+    probe = keras.optimizers.SGD()
+    missing += [f"SGD().{name}" for name in _INSTANCE_ATTRIBUTES if not hasattr(probe, name)]
+    if not hasattr(LossScaleOptimizer(keras.optimizers.SGD()), "inner_optimizer"):
+        missing.append("LossScaleOptimizer().inner_optimizer")
+    if missing:
+        raise ImportError(
+            f"hvd_keras does not support Keras {keras.__version__} on TensorFlow {tf.__version__}: "
+            f"it lacks {', '.join(missing)}. Supported: {SUPPORTED}. HINT: install a supported "
+            "combination (tools/versions.txt; HVD_KERAS_TF=<version> make setup)."
+        )
+
+
+# --- optimizers ------------------------------------------------------------
+
+def learning_rate_schedule(optimizer):
+    """The optimizer's LearningRateSchedule, or None for a float rate."""
+    rate = optimizer._learning_rate
+    return rate if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) else None
+
+
+def micro_steps(optimizer):
+    """The optimizer's counter of `apply` calls (batches, not updates, under accumulation).
+
+    Keras 3.5 made `iterations` count updates (`_iterations // steps`) and
+    keeps the per-batch counter in `_iterations`; before, `iterations`
+    itself counted batches.
+    """
+    counter = getattr(optimizer, "_iterations", None)
+    return optimizer.iterations if counter is None else counter
+
+
+def set_class(obj, cls):
+    """Changes an object's class to a subclass with the same layout (no new state)."""
+    object.__setattr__(obj, "__class__", cls)
+
+
+# --- trainer ---------------------------------------------------------------
+
+_hooks = {}
+
+
+def install_trainer_hooks(make_train_function):
+    """Routes every Keras model's `make_train_function` through hvd_keras; once.
+
+    `make_train_function(model, original, force)` decides; `original(force)`
+    is Keras's own. `compile` is wrapped only to record whether `jit_compile`
+    was left to `"auto"` (see `jit_compile_was_auto`): Keras resolves it
+    inside `compile` and keeps no trace of the difference.
+    """
+    if _hooks:
+        return
+    trainer, base = _trainer_class(), _base_trainer_class()
+    original_make = trainer.make_train_function
+    original_compile = base.compile
+    signature = inspect.signature(original_compile)
+
+    @functools.wraps(original_make)
+    def patched_make(self, force=False):
+        return make_train_function(self, functools.partial(original_make, self), force)
+
+    @functools.wraps(original_compile)
+    def patched_compile(self, *args, **kwargs):
+        try:
+            jit = signature.bind(self, *args, **kwargs).arguments.get("jit_compile", "auto")
+        except TypeError:  # let Keras report the bad call
+            jit = "auto"
+        self._hvd_auto_jit = isinstance(jit, str) and jit == "auto"
+        return original_compile(self, *args, **kwargs)
+
+    trainer.make_train_function = patched_make
+    base.compile = patched_compile
+    _hooks.update(make=original_make, compile=original_compile)
+
+
+def jit_compile_was_auto(model):
+    """True when the model's jit_compile came from `"auto"` rather than an explicit value."""
+    return getattr(model, "_hvd_auto_jit", False)
+
+
+def make_step_function(model, step_function, jit_compile):
+    """Keras's train-function builder (steps_per_execution loop) around `step_function`.
+
+    Keras compiles the step with `model.jit_compile`; here the caller decides,
+    without changing what `model.jit_compile` reports or what evaluate and
+    predict use.
+    """
+    saved = model._jit_compile
+    model._jit_compile = jit_compile
+    try:
+        return model._make_function(step_function)
+    finally:
+        model._jit_compile = saved
+
+
+def set_jit_compile(model, value):
+    """Sets jit_compile without Keras's warning path (value is already decided)."""
+    model._jit_compile = value
+
+
+def is_fit_validation(evaluate_kwargs):
+    """True for the `evaluate` call that `fit` makes for its validation data."""
+    return bool(evaluate_kwargs.get("_use_cached_eval_dataset"))
+
+
+# --- TensorFlow ------------------------------------------------------------
+
+def is_op_determinism_enabled():
+    # TensorFlow exports the setter but not the getter.
+    from tensorflow.python.framework import config
+
+    return config.is_op_determinism_enabled()
+
+
+# --- Horovod ---------------------------------------------------------------
+
+def controller_built(controller):
+    """Whether horovod was built with the "gloo" or "mpi" controller."""
+    return hvd.gloo_built() if controller == "gloo" else hvd.mpi_built()

@@ -1,0 +1,133 @@
+"""The train function of a model with a distributed optimizer: XLA and loss scaling on several ranks.
+
+Keras builds `model.train_function` from `train_step` when `fit` (or
+`train_on_batch`) starts. hvd_keras takes part in that build for models
+compiled with a `DistributedOptimizer`, on more than one rank only (at size 1
+Keras's own train function runs untouched):
+
+- Mixed precision. A `LossScaleOptimizer` that Keras put around the
+  distributed optimizer is made to reduce before its finiteness check
+  (`optimizer.reduce_before_loss_scaling`), so every rank skips the same steps.
+- XLA. Keras compiles the whole step with XLA when `jit_compile` is True, and
+  `jit_compile="auto"` (the default) means True on any machine with a GPU.
+  Horovod's collectives have no XLA kernels, so such a step cannot compile.
+  hvd_keras splits it instead: forward pass, loss, gradients and metric
+  updates compile as one XLA cluster, the fused allreduce runs between the
+  clusters, and the optimizer update compiles as a second cluster. Where the
+  step cannot be split (a `train_step` that does not call the optimizer's
+  `apply`/`apply_gradients` exactly once), `"auto"` falls back to a step
+  without XLA with one line on rank 0, and an explicit `jit_compile=True`
+  is an error that names the fix.
+"""
+
+import types
+
+from hvd_keras import _compat
+from hvd_keras._horovod import tf
+from hvd_keras.optimizer import is_distributed, reduce_before_loss_scaling
+from hvd_keras.runtime import is_chief, size
+
+
+class SplitError(ValueError):
+    """The train step cannot be split around the allreduce."""
+
+
+def _make_train_function(model, original, force):
+    optimizer = getattr(model, "optimizer", None)
+    if size() == 1 or not is_distributed(optimizer):
+        return original(force)
+    reduce_before_loss_scaling(optimizer)
+    if model.train_function is not None and not force:
+        return model.train_function
+    model._hvd_xla_split = False
+    if model.run_eagerly or not model.jit_compile:
+        return original(force)
+    split = _compat.make_step_function(model, split_xla_step(model), jit_compile=False)
+
+    def train_function(iterator):
+        # The split is decided while the first call traces the step; a step
+        # that cannot be split raises before anything ran or was consumed.
+        try:
+            return split(iterator)
+        except SplitError as e:
+            model.train_function = _fallback(model, original, e)
+            return model.train_function(iterator)
+
+    model.train_function = train_function
+    model._hvd_xla_split = True
+    return train_function
+
+
+def uses_xla_split(model):
+    """True when the model trains with the split XLA step on this rank."""
+    return bool(getattr(model, "_hvd_xla_split", False))
+
+
+def _fallback(model, original, error):
+    if not _compat.jit_compile_was_auto(model):
+        raise ValueError(
+            f"hvd_keras: jit_compile=True cannot be honoured on {size()} ranks: {error} "
+            "HINT: compile with jit_compile=False (or leave the default \"auto\", which then "
+            "trains without XLA), or call the optimizer once per train_step."
+        ) from None
+    if is_chief():
+        print(f"hvd_keras: training without XLA: jit_compile=\"auto\" chose XLA on this machine, "
+              f"but {error}", flush=True)
+    _compat.set_jit_compile(model, False)
+    model._hvd_xla_split = False
+    original(True)
+    return model.train_function
+
+
+def split_xla_step(model):
+    """One train step as XLA(forward, backward) -> allreduce -> XLA(update).
+
+    The first cluster runs the model's own `train_step` with the optimizer in
+    capture mode: its `apply` records the gradients and variables instead of
+    updating, so anything a custom `train_step` does (its loss, metrics,
+    gradient transformations) is kept, except reading the updated weights
+    after `apply` within the same step.
+    """
+    optimizer = model.optimizer
+    capture = types.SimpleNamespace(calls=[])
+    captured = capture.calls
+
+    def forward_backward(data):
+        del captured[:]
+        optimizer._hvd_capture = capture
+        try:
+            logs = model.train_step(data)
+        finally:
+            optimizer._hvd_capture = None
+        if len(captured) != 1:
+            raise SplitError(
+                f"its train_step called the optimizer's apply {len(captured)} times in one step "
+                "(hvd_keras keeps the allreduce outside XLA by splitting the step at that call, "
+                "which must happen exactly once)."
+            )
+        return logs, captured[0][0]
+
+    def update(grads):
+        variables = captured[0][1]
+        optimizer._hvd_pass_through = True
+        try:
+            optimizer.apply(grads, variables)
+        finally:
+            optimizer._hvd_pass_through = False
+
+    # autograph=False: like Keras's own step, train_step runs as plain Python.
+    forward_backward = tf.function(forward_backward, jit_compile=True, reduce_retracing=True,
+                                   autograph=False)
+    update = tf.function(update, jit_compile=True, reduce_retracing=True, autograph=False)
+
+    def step(data):
+        logs, grads = forward_backward(data)
+        update(optimizer._hvd_reduce(grads))
+        return logs
+
+    return step
+
+
+def install():
+    """Routes Keras's train-function build through hvd_keras (idempotent)."""
+    _compat.install_trainer_hooks(_make_train_function)

@@ -1,0 +1,150 @@
+"""GPU placement, decided in one process with patched device lists (no GPU needed)."""
+
+import types
+
+import pytest
+
+from hvd_keras import cli, launcher, placement
+from hvd_keras.runtime import pin_gpu
+
+
+class FakeConfig:
+    """Stands in for tf.config: lists `n` GPUs and records what init() asks of it."""
+
+    def __init__(self, n, initialised=False):
+        self.gpus = [types.SimpleNamespace(name=f"/physical_device:GPU:{i}", device_type="GPU")
+                     for i in range(n)]
+        self.visible = list(self.gpus)
+        self.growth = []
+        self.initialised = initialised
+        self.experimental = types.SimpleNamespace(set_memory_growth=self._growth)
+
+    def list_physical_devices(self, kind=None):
+        return list(self.gpus) if kind == "GPU" else []
+
+    def get_visible_devices(self, kind=None):
+        return list(self.visible)
+
+    def set_visible_devices(self, device, kind=None):
+        if self.initialised:
+            raise RuntimeError("Visible devices cannot be modified after being initialized")
+        self.visible = [device]
+
+    def _growth(self, device, on):
+        self.growth.append((device.name, on))
+
+
+def _host(n_gpus, local_size, visible=None, host="node1", first_rank=0):
+    """What every local rank of one host chooses: [(Placement, FakeConfig)]."""
+    out = []
+    for local_rank in range(local_size):
+        config = FakeConfig(n_gpus)
+        cvd = visible(local_rank) if callable(visible) else visible
+        env = {} if cvd is None else {"CUDA_VISIBLE_DEVICES": cvd}
+        out.append((pin_gpu(config, host, first_rank + local_rank, local_rank, local_size, env), config))
+    return out
+
+
+def test_every_process_sees_all_gpus_takes_its_local_rank():
+    """horovodrun -np 8 on an 8-GPU node."""
+    ranks = _host(8, 8)
+    for local_rank, (p, config) in enumerate(ranks):
+        assert p.index == local_rank and config.visible == [config.gpus[local_rank]]
+        assert config.growth == [(config.gpus[local_rank].name, True)]
+    placement.check_distinct([p for p, _ in ranks])
+
+
+def test_launcher_gave_each_task_its_own_gpu():
+    """srun --gpus-per-task=1: each task sees one GPU, a different one."""
+    ranks = _host(1, 4, visible=lambda r: str(r))
+    assert [p.index for p, _ in ranks] == [0, 0, 0, 0]
+    assert [p.device for p, _ in ranks] == ["0", "1", "2", "3"]
+    placement.check_distinct([p for p, _ in ranks])
+
+
+def test_launcher_gave_uuids():
+    ranks = _host(1, 2, visible=lambda r: f"GPU-{r}a5e-uuid")
+    placement.check_distinct([p for p, _ in ranks])
+
+
+def test_fewer_gpus_than_local_ranks_is_an_error_naming_both_ranks():
+    ranks = _host(2, 4)  # 4 processes, 2 GPUs, every process sees both
+    with pytest.raises(placement.PlacementError) as e:
+        placement.check_distinct([p for p, _ in ranks])
+    message = str(e.value)
+    assert "ranks 0 and 1 on host node1 would share GPU 0" in message
+    assert "4 processes run there but rank 1 sees only 2 GPU(s)" in message and "HINT" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_one_gpu_shared_by_two_tasks_is_an_error():
+    """Every task told CUDA_VISIBLE_DEVICES=0 (a launcher misconfigured)."""
+    with pytest.raises(placement.PlacementError, match="ranks 0 and 1 on host node1 would share GPU 0"):
+        placement.check_distinct([p for p, _ in _host(1, 2, visible="0")])
+
+
+def test_same_gpu_index_on_different_hosts_is_fine():
+    a = _host(1, 1, host="node1")
+    b = _host(1, 1, host="node2", first_rank=1)
+    placement.check_distinct([p for p, _ in a + b])
+
+
+def test_cpu_only_pins_nothing():
+    (p, config), = _host(0, 2)[:1]
+    assert p.index is None and p.device is None and config.growth == []
+    placement.check_distinct([p for p, _ in _host(0, 2)])
+
+
+def test_pinning_after_tensorflow_started_is_one_line():
+    config = FakeConfig(2, initialised=True)
+    with pytest.raises(RuntimeError) as e:
+        pin_gpu(config, "node1", 1, 1, 2, {})
+    assert "before building a model" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_already_pinned_is_left_alone():
+    config = FakeConfig(2, initialised=True)
+    config.visible = [config.gpus[1]]
+    assert pin_gpu(config, "node1", 1, 1, 2, {}).index == 1
+
+
+@pytest.mark.parametrize("environ,listing,expected", [
+    ({"CUDA_VISIBLE_DEVICES": "0,1,2"}, None, 3),
+    ({"CUDA_VISIBLE_DEVICES": ""}, None, 0),
+    ({"CUDA_VISIBLE_DEVICES": "-1"}, None, 0),
+    ({}, "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)\n", 2),
+    ({}, "", 0),
+])
+def test_visible_gpu_count(environ, listing, expected):
+    assert placement.visible_gpu_count(environ, list_gpus=lambda: listing) == expected
+
+
+def test_launcher_checks_np_against_this_hosts_gpus(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    config = launcher.LaunchConfig(script=str(script), np=8, gpus=True)
+    the_plan = launcher.plan(config, environ={})
+    launcher.check_gpus(the_plan, gpu_count=8)
+    with pytest.raises(launcher.LaunchError) as e:
+        launcher.check_gpus(the_plan, gpu_count=4)
+    assert "8 processes would run on this host but it has 4 GPU(s)" in str(e.value)
+    assert "-np 4" in str(e.value)
+    # Remote hosts are checked by init() on each of them, not here.
+    remote = launcher.plan(launcher.LaunchConfig(script=str(script), np=8, hosts="n1:4,n2:4"), environ={})
+    launcher.check_gpus(remote, gpu_count=0)
+    assert launcher.processes_per_host(
+        launcher.plan(launcher.LaunchConfig(script=str(script), np=6, hosts="n1:4,n2:4"), environ={})
+    ) == [("n1", 4), ("n2", 2)]
+
+
+def test_cli_gpus_with_too_many_processes_is_one_line(tmp_path, capsys, monkeypatch):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert cli.main(["run", "-np", "4", "--gpus", "--dry-run", str(script)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "4 processes would run on this host but it has 2 GPU(s)" in err
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert cli.main(["run", "-np", "4", "--gpus", "--dry-run", str(script)]) == 0
+    assert "NCCL_DEBUG=WARN" in capsys.readouterr().out
