@@ -28,7 +28,7 @@ test: setup-test
 
 bench: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/overhead.py
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/xla.py
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/resnet.py
 
 # Proves the GPU (NCCL) build of horovod on any machine, GPU or not: a venv of
 # its own (.venv-gpu) with tensorflow[and-cuda], a CUDA toolkit assembled from

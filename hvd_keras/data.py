@@ -19,8 +19,9 @@ def shard(data, rank=None, size=None):
     batch size `size * b` on one process (without shuffling).
 
     Args:
-        data: a `tf.data.Dataset`, an array (numpy, tensor, list), or a tuple,
-            list or dict of arrays of equal length such as `(x, y)` or
+        data: a `tf.data.Dataset`, an array (numpy, tensor), or a tuple,
+            list or dict of arrays of equal length (a list is a structure of
+            arrays, not an array: convert a list of samples with `np.asarray`) such as `(x, y)` or
             `(x, y, sample_weight)`. A dataset is sharded by its elements:
             shard before `batch()` so that the remainder dropped is elements,
             not batches, and before any `shuffle()` without a fixed seed
@@ -79,7 +80,7 @@ def _shard_dataset(dataset, rank, size):
 def _shard_arrays(data, rank, size):
     leaves = keras.tree.flatten(data)
     if not leaves:
-        raise ValueError("shard received no arrays. Received: {data!r}. HINT: pass (x, y).")
+        raise ValueError(f"shard received no arrays. Received: {data!r}. HINT: pass (x, y).")
     lengths = set()
     for leaf in leaves:
         try:
@@ -88,7 +89,8 @@ def _shard_arrays(data, rank, size):
             raise TypeError(
                 "shard expects a tf.data.Dataset or arrays with a first dimension. "
                 f"Received: an element of type {type(leaf).__name__}. "
-                "HINT: pass numpy arrays such as (x, y), or a tf.data.Dataset."
+                "HINT: pass numpy arrays such as (x, y) (np.asarray(a_list) for a list of samples), "
+                "or a tf.data.Dataset."
             ) from None
     if len(lengths) != 1:
         raise ValueError(

@@ -116,6 +116,17 @@ def test_cli_bad_input_one_line(argv, match, script, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and match in err and "HINT" in err
 
 
+def test_cli_malformed_slurm_node_list_without_scontrol(script, capsys, monkeypatch):
+    # No scontrol on PATH: our own parser reads the list and must fail in one line.
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[1-")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "2")
+    assert cli.main(["run", "--slurm", "-np", "2", "--dry-run", script]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "node[1-" in err and "HINT" in err
+
+
 def test_cli_dry_run_prints_the_command(script, capsys, monkeypatch):
     monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2")
     assert cli.main(["run", "-np", "2", "--gloo", "--dry-run", script, "--epochs", "3"]) == 0

@@ -55,6 +55,8 @@ def test_unknown_length_dataset_is_refused_with_a_hint():
     (((np.arange(4), np.arange(5)),), "equal length"),
     ((3,), "first dimension"),
     ((np.arange(3),), "at least one sample"),
+    (((),), r"Received: \(\)"),
+    (([1.0, 2.0],), "np.asarray"),
 ])
 def test_bad_array_input(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):

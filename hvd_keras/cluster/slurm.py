@@ -59,8 +59,15 @@ class SLURMEnvironment:
 
     def hosts(self):
         """[(host, slots)] of the allocation, in Slurm's order."""
-        nodes = self.nodes()
-        slots = expand_tasks_per_node(self._require(TASKS_PER_NODE))
+        try:
+            nodes = self.nodes()
+            slots = expand_tasks_per_node(self._require(TASKS_PER_NODE))
+        except ValueError as e:
+            raise RuntimeError(
+                f"cannot read the Slurm allocation {self.environ.get(JOB_ID, '?')}: {e}. Received: "
+                f"{NODELIST}={self.environ.get(NODELIST)!r}, {TASKS_PER_NODE}={self.environ.get(TASKS_PER_NODE)!r}. "
+                "HINT: run inside sbatch/salloc, or pass -H host:slots (or --no-slurm) to ignore Slurm's variables."
+            ) from None
         if len(slots) != len(nodes):
             raise RuntimeError(
                 f"Slurm lists {len(nodes)} nodes ({self.environ[NODELIST]}) but tasks for {len(slots)} "
