@@ -14,7 +14,7 @@ import inspect
 from hvd_keras._horovod import hvd, keras, tf
 
 #: The combinations proved by `make compat` (tools/versions.txt, README table).
-SUPPORTED = "TensorFlow 2.16 to 2.21 with Keras 3.3 to 3.15"
+SUPPORTED = "TensorFlow 2.16 to 2.21 with Keras 3.7 to 3.15"
 
 LossScaleOptimizer = keras.optimizers.LossScaleOptimizer
 
@@ -39,6 +39,8 @@ _CLASS_ATTRIBUTES = [
     (_trainer_class, "make_train_function", "hvd_keras builds the XLA and mixed-precision train step"),
     (_trainer_class, "_make_function", "hvd_keras reuses Keras's steps_per_execution loop"),
     (_base_trainer_class, "get_metrics_result", "exact metrics combine metric states before results"),
+    (_base_trainer_class, "compile_from_config", "a model loaded from a file compiles without the wrapper"),
+    (_base_trainer_class, "_symbolic_build", "a run resumed inside an epoch restores its metric states"),
     (LossScaleOptimizer, "inner_optimizer", None),
 ]
 _INSTANCE_ATTRIBUTES = ["_learning_rate", "iterations", "gradient_accumulation_steps"]
@@ -92,26 +94,50 @@ def set_class(obj, cls):
 # --- trainer ---------------------------------------------------------------
 
 _hooks = {}
+_loading = [0]
 
 
-def install_trainer_hooks(make_train_function):
-    """Routes every Keras model's `make_train_function` through hvd_keras; once.
+def _counting(function):
+    # Marks the time inside `function` as loading a saved model.
+    @functools.wraps(function)
+    def loading(*args, **kwargs):
+        _loading[0] += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _loading[0] -= 1
+
+    return loading
+
+
+def install_trainer_hooks(make_train_function, after_fit):
+    """Routes every Keras model's train-function build and `fit` through hvd_keras; once.
 
     `make_train_function(model, original, force)` decides; `original(force)`
-    is Keras's own. `compile` is wrapped only to record whether `jit_compile`
-    was left to `"auto"` (see `jit_compile_was_auto`): Keras resolves it
-    inside `compile` and keeps no trace of the difference.
+    is Keras's own. `after_fit(model)` runs when `fit` returns, after every
+    callback's `on_train_end`. `compile` is wrapped only to record whether
+    `jit_compile` was left to `"auto"` (see `jit_compile_was_auto`): Keras
+    resolves it inside `compile` and keeps no trace of the difference. The
+    two paths by which Keras compiles a model it loads from a file are marked
+    (see `is_loading`).
     """
     if _hooks:
         return
     trainer, base = _trainer_class(), _base_trainer_class()
     original_make = trainer.make_train_function
+    original_fit = trainer.fit
     original_compile = base.compile
     signature = inspect.signature(original_compile)
 
     @functools.wraps(original_make)
     def patched_make(self, force=False):
         return make_train_function(self, functools.partial(original_make, self), force)
+
+    @functools.wraps(original_fit)
+    def patched_fit(self, *args, **kwargs):
+        history = original_fit(self, *args, **kwargs)
+        after_fit(self)
+        return history
 
     @functools.wraps(original_compile)
     def patched_compile(self, *args, **kwargs):
@@ -123,8 +149,38 @@ def install_trainer_hooks(make_train_function):
         return original_compile(self, *args, **kwargs)
 
     trainer.make_train_function = patched_make
+    trainer.fit = patched_fit
     base.compile = patched_compile
-    _hooks.update(make=original_make, compile=original_compile)
+    # Keras skips compiling a loaded model whose class overrides `compile`
+    # (Trainer.compile_from_config compares them), so hvd_keras wraps
+    # Trainer.compile itself and never overrides it on keras.Model.
+    base.compile_from_config = _counting(base.compile_from_config)
+    from keras.src.legacy.saving import legacy_h5_format
+
+    legacy_h5_format.load_model_from_hdf5 = _counting(legacy_h5_format.load_model_from_hdf5)
+    _hooks.update(make=original_make, fit=original_fit, compile=original_compile)
+
+
+def wrap_compile(replacement):
+    """Makes `Model.compile` call `replacement(model, original, *args, **kwargs)`.
+
+    Installed on Keras's base Trainer, the class that loading compares
+    against (see `install_trainer_hooks`).
+    """
+    base = _base_trainer_class()
+    original = base.compile
+
+    @functools.wraps(original)
+    def compile(self, *args, **kwargs):  # noqa: A001
+        return replacement(self, original, *args, **kwargs)
+
+    base.compile = compile
+    return original
+
+
+def is_loading():
+    """True while Keras compiles a model it loads from a file (`load_model`, .keras or HDF5)."""
+    return _loading[0] > 0
 
 
 def jit_compile_was_auto(model):
@@ -145,6 +201,11 @@ def make_step_function(model, step_function, jit_compile):
         return model._make_function(step_function)
     finally:
         model._jit_compile = saved
+
+
+def build_metrics(model, data_batch):
+    """Creates the compiled metrics' variables from one batch, without running a step."""
+    model._symbolic_build(data_batch=data_batch)
 
 
 def set_jit_compile(model, value):

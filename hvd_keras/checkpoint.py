@@ -6,13 +6,17 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
+
+from hvd_keras import _compat
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.broadcast import broadcast_state, state_variables
-from hvd_keras.runtime import rank, size
+from hvd_keras.runtime import is_chief, rank, size
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
 BEST_FILE = "best.json"
+METRICS_FILE = "metric_states.npz"
 _NAME = re.compile(r"^ckpt-(\d{10})$")
 
 
@@ -44,13 +48,16 @@ def write_json_atomic(path, data):
     _fsync_path(directory)
 
 
-def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epoch=0, extra=None):
+def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epoch=0, extra=None,
+                    metric_states=None):
     """Writes one checkpoint atomically; call it on one rank only.
 
     The model (with its optimizer state, loadable by plain
     `keras.saving.load_model`) and `meta.json` are written into a temporary
     directory, flushed to disk, and renamed into place: a kill at any instant
     leaves either the complete new checkpoint or none, never a partial one.
+    `metric_states` (every rank's metric variables, from
+    `gather_metric_states`) are kept for a checkpoint taken inside an epoch.
 
     Returns the checkpoint's path, `directory/ckpt-<global_step>`.
     """
@@ -60,6 +67,11 @@ def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epo
     model_path = os.path.join(tmp, MODEL_FILE)
     model.save(model_path)
     _fsync_path(model_path)
+    if metric_states is not None:
+        arrays = {f"rank{r}_{i}": a for r, states in enumerate(metric_states) for i, a in enumerate(states)}
+        metrics_path = os.path.join(tmp, METRICS_FILE)
+        np.savez(metrics_path, ranks=np.int64(len(metric_states)), **arrays)
+        _fsync_path(metrics_path)
     meta = {"initial_epoch": int(initial_epoch), "global_step": int(global_step),
             "step_in_epoch": int(step_in_epoch), "versions": versions(), **(extra or {})}
     with open(os.path.join(tmp, META_FILE), "w") as f:
@@ -103,14 +115,93 @@ def remove_stale_temporaries(directory):
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
+def _metric_variables(model):
+    return [v for m in model.metrics for v in m.variables]
+
+
+def gather_metric_states(model):
+    """Every rank's metric variables as numpy arrays, [rank][variable]; every rank must call it."""
+    mine = [np.asarray(v) for v in _metric_variables(model)]
+    if size() == 1:
+        return [mine]
+    return hvd.allgather_object(mine, name="hvd_keras.metric_states")
+
+
+def _read_metric_states(path):
+    file = os.path.join(path, METRICS_FILE)
+    if not os.path.exists(file):
+        return None
+    with np.load(file) as data:
+        ranks = int(data["ranks"])
+        count = sum(1 for k in data.files if k.startswith("rank0_"))
+        return [[data[f"rank{r}_{i}"] for i in range(count)] for r in range(ranks)]
+
+
+def _restore_metric_states(model, states):
+    variables = _metric_variables(model)
+    if states is None:
+        return
+    if len(states) != size() or len(states[rank()]) != len(variables):
+        if is_chief():
+            print(f"hvd_keras: the resumed epoch's metrics cover only the batches after the resume "
+                  f"(the checkpoint holds {len(states[0])} metric variables of {len(states)} ranks, "
+                  f"this job has {len(variables)} of {size()})", flush=True)
+        return
+    for v, value in zip(variables, states[rank()]):
+        v.assign(value)
+
+
+def skip_resumed_batches(model, train_function):
+    """Wraps `train_function` so that a run resumed inside an epoch continues from the next batch.
+
+    The checkpoint recorded how many batches of its epoch had been trained
+    (`step_in_epoch`); the first calls of the resumed `fit` draw those batches
+    from the data without training on them, and the epoch's metric states
+    come back as they were, so the epoch ends as in the uninterrupted run.
+    Afterwards the plain train function runs, with nothing added.
+    """
+    resumed = getattr(model, "_hvd_resumed", None)
+    if not resumed or not resumed.get("step_in_epoch") or getattr(train_function, "_hvd_resuming", False):
+        return train_function
+    # Kept on the resume record, not here: the train function may be rebuilt
+    # (a callback turning on a step option) before the first batch.
+    resumed.setdefault("to_skip", int(resumed["step_in_epoch"]))
+    if resumed["to_skip"] <= 0:
+        return train_function
+
+    def resuming(iterator):
+        if resumed["to_skip"] <= 0:
+            model.train_function = train_function
+            return train_function(iterator)
+        for _ in range(min(int(model.steps_per_execution), resumed["to_skip"])):
+            data = next(iterator)
+            resumed["to_skip"] -= 1
+            if "metric_states" in resumed:  # after fit reset the metrics for the epoch
+                _compat.build_metrics(model, data)  # Keras builds them in the first step otherwise
+                _restore_metric_states(model, resumed.pop("metric_states"))
+        model._hvd_local_metrics = True  # no collective for a skipped step's logs
+        try:
+            return model.get_metrics_result()
+        finally:
+            model._hvd_local_metrics = False
+
+    resuming._hvd_resuming = True
+    model.train_function = resuming
+    return resuming
+
+
 def resume(model, directory, root_rank=0):
     """Loads the newest checkpoint on `root_rank` and gives it to every rank.
 
     Rank `root_rank` looks for the newest complete checkpoint in `directory`
     and loads its weights and optimizer state into `model`; then the state is
     broadcast, so every rank continues from it, and all ranks agree on the
-    epoch to continue from. Without a checkpoint nothing changes. Every rank
-    must call it, after `compile` and before `fit`.
+    epoch to continue from. A checkpoint taken inside an epoch
+    (`Checkpoint(save_freq=N)`, or on preemption) resumes at the next batch
+    of that epoch: pass the returned epoch to `fit` as `initial_epoch` and
+    the same data, in the same order (see the README's "Resuming"). Without
+    a checkpoint nothing changes. Every rank must call it, after `compile`
+    and before `fit`.
 
     Args:
         model: the compiled, built model to load into.
@@ -136,19 +227,26 @@ def resume(model, directory, root_rank=0):
             model.load_weights(os.path.join(path, MODEL_FILE))
             meta = read_meta(path)
             meta["path"] = path
+            if meta.get("step_in_epoch"):
+                meta["metric_states"] = _read_metric_states(path)
     if size() > 1:
         meta = hvd.broadcast_object(meta, root_rank=root_rank, name="hvd_keras.resume")
     if meta is None:
         return 0
     broadcast_state(model, root_rank=root_rank)
+    model._hvd_resumed = meta
     if rank() == root_rank:
-        print(f"hvd_keras: resumed from {meta['path']} (epoch {meta['initial_epoch']}, "
+        within = f", batch {meta['step_in_epoch']} of the epoch" if meta.get("step_in_epoch") else ""
+        print(f"hvd_keras: resumed from {meta['path']} (epoch {meta['initial_epoch']}{within}, "
               f"step {meta['global_step']})", flush=True)
     return meta["initial_epoch"]
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
 
 def read_best(best_file):
     """Name of the best checkpoint recorded by `Checkpoint(monitor=...)`."""
-    with open(best_file) as f:
-        return json.load(f)["path"]
+    return read_json(best_file)["path"]

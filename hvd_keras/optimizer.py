@@ -9,7 +9,18 @@ from hvd_keras.broadcast import check_same_structure
 from hvd_keras.runtime import size
 
 _OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
-_COMPRESSIONS = {None: hvd.Compression.none, "none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+_COMPRESSIONS = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}
+
+
+def _named(value, table, what, hint):
+    # A string of the table, or Horovod's own object for it (hvd.Sum, hvd.Compression.fp16).
+    if isinstance(value, str) and value.lower() in table:
+        return value.lower()
+    for name, known in table.items():
+        if value is known or (type(value) is int and value == known):
+            return name
+    raise ValueError(f"{what} must be one of {sorted(table)} or Horovod's own object for it. "
+                     f"Received: {what}={value!r}. HINT: {hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +28,9 @@ class _Settings:
     op: object
     compression: object
     sparse_as_dense: bool
+    # Horovod sums the gradients of the accumulated batches by default
+    # (average_aggregated_gradients=False); Keras averages them.
+    aggregate_scale: float = 1.0
 
 
 _timing = {}
@@ -141,7 +155,11 @@ class _DistributedGradients(_AllreduceMixin):
     # means clipping sees the global gradient (as on one process) and
     # accumulation steps communicate only on the update step.
     def _clip_gradients(self, grads):
-        return super()._clip_gradients(self._hvd_allreduce(grads))
+        grads = self._hvd_allreduce(grads)
+        scale = self._hvd_settings.aggregate_scale
+        if scale != 1.0:
+            grads = [None if g is None else g * tf.cast(scale, g.dtype) for g in grads]
+        return super()._clip_gradients(grads)
 
 
 class _DistributedLossScale(_AllreduceMixin):
@@ -208,6 +226,7 @@ def DistributedOptimizer(
     op="average",
     sparse_as_dense=False,
     backward_passes_per_step=1,
+    average_aggregated_gradients=True,
 ):
     """Wraps a Keras 3 optimizer so that gradients are averaged across ranks.
 
@@ -229,16 +248,23 @@ def DistributedOptimizer(
         optimizer: a Keras 3 optimizer instance (`SGD`, `Adam`, `AdamW`, a
             subclass, `keras.mixed_precision.LossScaleOptimizer`) or a name
             such as `"adam"`. It must not have been built yet.
-        compression: `None` or `"fp16"`: cast float gradients to float16 for
-            the allreduce (halves the bytes sent, costs precision).
-        op: `"average"` (default), `"sum"` or `"adasum"` (Adasum needs a
-            power-of-two number of ranks).
+        compression: `None`, `"none"` or `"fp16"` (or Horovod's
+            `hvd.Compression.none` / `hvd.Compression.fp16`): fp16 casts float
+            gradients to float16 for the allreduce (halves the bytes sent,
+            costs precision).
+        op: `"average"` (default), `"sum"` or `"adasum"`, or Horovod's
+            `hvd.Average`, `hvd.Sum`, `hvd.Adasum`. Adasum needs a
+            power-of-two number of ranks and the MPI controller on CPU.
         sparse_as_dense: reduce `tf.IndexedSlices` gradients (embeddings) as
             dense tensors by allreduce instead of by allgather. Faster when
             the slices cover much of the table.
         backward_passes_per_step: accumulate gradients locally over this many
-            batches and communicate and apply their average once; uses
-            Keras's `gradient_accumulation_steps`.
+            batches and communicate and apply them once; uses Keras's
+            `gradient_accumulation_steps`.
+        average_aggregated_gradients: with `backward_passes_per_step` > 1,
+            True (default, Keras's behaviour) applies the average of the
+            accumulated gradients; False their sum, as Horovod's own
+            `DistributedOptimizer` does by default.
 
     Returns:
         The distributed optimizer, to pass to `model.compile`.
@@ -276,15 +302,9 @@ def DistributedOptimizer(
             f"DistributedOptimizer received an optimizer that is already distributed: {optimizer.name}. "
             "HINT: wrap the plain optimizer once."
         )
-    if op not in _OPS:
-        raise ValueError(
-            f"op must be one of {sorted(_OPS)}. Received: op={op!r}. HINT: use op=\"average\"."
-        )
-    if compression not in _COMPRESSIONS:
-        raise ValueError(
-            f"compression must be None or \"fp16\". Received: compression={compression!r}. "
-            "HINT: pass compression=None to send gradients uncompressed."
-        )
+    op = _named(op, _OPS, "op", "use op=\"average\".")
+    compression = _named("none" if compression is None else compression, _COMPRESSIONS, "compression",
+                         "pass compression=None to send gradients uncompressed.")
     if not isinstance(backward_passes_per_step, int) or backward_passes_per_step < 1:
         raise ValueError(
             "backward_passes_per_step must be an integer >= 1. "
@@ -316,7 +336,8 @@ def DistributedOptimizer(
             "argument of the optimizer's __init__."
         ) from None
     wrapped._hvd_settings = _Settings(
-        op=_OPS[op], compression=_COMPRESSIONS[compression], sparse_as_dense=bool(sparse_as_dense)
+        op=_OPS[op], compression=_COMPRESSIONS[compression], sparse_as_dense=bool(sparse_as_dense),
+        aggregate_scale=1.0 if average_aggregated_gradients else float(backward_passes_per_step),
     )
     wrapped._hvd_reduced = False
     return wrapped

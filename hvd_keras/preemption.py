@@ -9,7 +9,7 @@ step without an extra collective.
 import signal
 
 from hvd_keras._horovod import tf
-from hvd_keras.runtime import size
+from hvd_keras.runtime import barrier, is_chief, size
 
 #: Exit code of a process that stopped because of preemption (EX_TEMPFAIL):
 #: run the same command again to resume.
@@ -55,3 +55,21 @@ def install_handlers():
 def restore_handlers(old):
     for s, handler in old.items():
         signal.signal(s, handler)
+
+
+def exit_after_fit(model):
+    """Ends the process with `PREEMPTED_EXIT_CODE` when `Checkpoint` stopped `fit` for preemption.
+
+    Runs when `fit` returns, after every callback's `on_train_end` (a
+    `CSVLogger` has closed its file), on every rank; no rank exits before
+    rank 0's checkpoint is on disk.
+    """
+    directory = getattr(model, "_hvd_preempted", None)
+    if directory is None:
+        return
+    model._hvd_preempted = None
+    barrier("hvd_keras.preempted")
+    if is_chief():
+        print(f"hvd_keras: preempted; checkpoint written to {directory}; "
+              f"exiting with code {PREEMPTED_EXIT_CODE}", flush=True)
+    raise SystemExit(PREEMPTED_EXIT_CODE)

@@ -23,6 +23,7 @@ Keras's own train function runs untouched):
 import types
 
 from hvd_keras import _compat
+from hvd_keras.checkpoint import skip_resumed_batches
 from hvd_keras._horovod import tf
 from hvd_keras.optimizer import is_distributed, reduce_before_loss_scaling
 from hvd_keras.runtime import is_chief, size
@@ -32,7 +33,13 @@ class SplitError(ValueError):
     """The train step cannot be split around the allreduce."""
 
 
-def _make_train_function(model, original, force):
+def make_train_function(model, original, force):
+    """`Model.make_train_function` as hvd_keras builds it; `original(force)` is Keras's."""
+    _build(model, original, force)  # sets model.train_function (Keras's own returns None)
+    return skip_resumed_batches(model, model.train_function)
+
+
+def _build(model, original, force):
     optimizer = getattr(model, "optimizer", None)
     if size() == 1 or not is_distributed(optimizer):
         return original(force)
@@ -126,8 +133,3 @@ def split_xla_step(model):
         return logs
 
     return step
-
-
-def install():
-    """Routes Keras's train-function build through hvd_keras (idempotent)."""
-    _compat.install_trainer_hooks(_make_train_function)

@@ -53,7 +53,7 @@ def test_scale_learning_rate_rules():
 
 def test_warmup_wraps_a_schedule_and_serialises():
     base = keras.optimizers.schedules.ExponentialDecay(0.4, decay_steps=10, decay_rate=0.5)
-    w = hvd_keras.schedules.Warmup(base, warmup_steps=10, initial_lr=0.1)
+    w = hvd_keras.schedules.Warmup(base, warmup_steps=10, initial_learning_rate=0.1)
     assert float(w(0)) == pytest.approx(0.1)
     assert float(w(5)) == pytest.approx(0.1 + (0.4 * 0.5 ** 0.5 - 0.1) * 0.5, rel=1e-5)
     assert float(w(20)) == pytest.approx(0.4 * 0.25, rel=1e-5)
@@ -66,3 +66,19 @@ def test_warmup_wraps_a_schedule_and_serialises():
     with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
         hvd_keras.callbacks.LearningRateWarmup(-1, 10)
     assert not math.isnan(float(hvd_keras.schedules.Warmup(0.1, 0)(3)))
+
+
+def test_old_argument_names_still_work_with_a_warning():
+    with pytest.warns(FutureWarning, match="initial_lr= is deprecated.*initial_learning_rate="):
+        w = hvd_keras.schedules.Warmup(base=0.4, warmup_steps=4, initial_lr=0.1)
+    assert float(w(2)) == pytest.approx(0.25)
+    with pytest.warns(FutureWarning, match="lr= is deprecated"):
+        assert hvd_keras.scale_learning_rate(lr=0.1, size=2) == pytest.approx(0.2)
+    with pytest.warns(FutureWarning, match="Horovod's initial_lr was the rate after the warmup"):
+        cb = hvd_keras.callbacks.LearningRateWarmup(1, 10, initial_lr=0.01)
+    assert cb.initial_learning_rate == 0.01
+    with pytest.raises(TypeError, match="both initial_lr= and initial_learning_rate="):
+        hvd_keras.schedules.Warmup(0.4, 4, initial_learning_rate=0.1, initial_lr=0.1)
+    # A schedule saved by the previous release (old config keys) still loads.
+    old = hvd_keras.schedules.Warmup.from_config({"base": 0.4, "warmup_steps": 4, "initial_lr": 0.1})
+    assert float(old(4)) == pytest.approx(0.4)

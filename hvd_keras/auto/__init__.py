@@ -6,9 +6,11 @@ job; started as one plain process, it behaves exactly as without the import.
 What changes, through hvd_keras's public pieces:
 
 - `Model.compile`: the optimizer (an instance or a name such as `"adam"`) is
-  wrapped in `DistributedOptimizer`, its float learning rate scaled by
+  wrapped in `DistributedOptimizer` (a new optimizer; the one passed in is
+  left as it was), its float learning rate scaled by
   `HVD_KERAS_LR_SCALING`; metrics become exact over all ranks
-  (`exact_metrics`).
+  (`exact_metrics`). The compile that `keras.saving.load_model` runs is left
+  plain, so a model loaded on one rank evaluates and predicts there alone.
 - `Model.fit`: numpy and `tf.data` inputs (and `validation_data`) are sharded
   so each sample is seen once per epoch across ranks; `steps_per_epoch` and
   `validation_steps` are divided among ranks; the initial state is broadcast
@@ -116,19 +118,28 @@ def _shardable(x):
     return bool(leaves) and all(hasattr(leaf, "__len__") and hasattr(leaf, "__getitem__") for leaf in leaves)
 
 
-@_patch("compile")
-def compile(self, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
+def compile(self, original, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
+    if _compat.is_loading():
+        # keras.saving.load_model compiles what it loads: plainly, so that a
+        # model loaded on one rank evaluates and predicts there with no
+        # collective. Compile it again to train it on all ranks.
+        return original(self, optimizer, *args, **kwargs)
     if isinstance(optimizer, str):
         optimizer = keras.optimizers.get(optimizer)
     if isinstance(optimizer, keras.optimizers.Optimizer) and not is_distributed(optimizer):
+        # The wrapper is a new optimizer: scale its rate, never the caller's
+        # (compiling twice with one optimizer must not scale twice).
+        optimizer = DistributedOptimizer(optimizer)
         inner = getattr(optimizer, "inner_optimizer", optimizer)
         if _compat.learning_rate_schedule(inner) is None:
             inner.learning_rate = scale_learning_rate(float(inner.learning_rate), SETTINGS.lr_scaling)
-        optimizer = DistributedOptimizer(optimizer)
-    result = _originals["compile"](self, optimizer, *args, **kwargs)
+    result = original(self, optimizer, *args, **kwargs)
     if SETTINGS.exact_metrics:
         exact_metrics(self)
     return result
+
+
+_originals["compile"] = _compat.wrap_compile(compile)
 
 
 @_patch("fit")
@@ -137,9 +148,10 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
         sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None, **kwargs):
     if size() > 1 and not is_distributed(getattr(self, "optimizer", None)):
         raise RuntimeError(
-            "hvd_keras.auto: this model was compiled before `import hvd_keras.auto`, so its "
-            "optimizer does not average gradients across ranks. HINT: put `import hvd_keras.auto` "
-            "at the top of the script, before any model is compiled."
+            "hvd_keras.auto: this model's optimizer does not average gradients across ranks: it "
+            "was compiled before `import hvd_keras.auto`, or loaded from a file (load_model "
+            "compiles plainly). HINT: put `import hvd_keras.auto` at the top of the script, "
+            "before any model is compiled; compile a loaded model again before fit."
         )
     if size() > 1:
         if isinstance(x, tf.data.Dataset):

@@ -5,23 +5,26 @@ import shutil
 
 import numpy as np
 
+from hvd_keras import _compat, preemption
 from hvd_keras import checkpoint as ckpt
-from hvd_keras import preemption
-from hvd_keras._horovod import keras
+from hvd_keras._horovod import hvd, keras
 from hvd_keras.optimizer import enable_step_option, is_distributed
-from hvd_keras.runtime import barrier, is_chief, size
+from hvd_keras.runtime import is_chief, size
 
 
 class Checkpoint(keras.callbacks.Callback):
     """Saves atomic checkpoints from rank 0 and stops cleanly on preemption.
 
-    Each checkpoint is a directory `ckpt-<global step>` holding `model.keras`
+    Each checkpoint is a directory `ckpt-<batches trained>` holding `model.keras`
     (the model with its optimizer state, loadable by plain
     `keras.saving.load_model`) and `meta.json` (epoch, step, and the versions
     of hvd_keras, TensorFlow, Keras and Horovod). It is written into a
     temporary directory, fsynced and renamed into place, so a kill at any
     instant leaves the last complete checkpoint loadable. Only rank 0 writes.
-    `hvd_keras.resume(model, directory)` continues from the newest one.
+    `hvd_keras.resume(model, directory)` continues from the newest one, at
+    the next batch when it was taken inside an epoch. Before the first step
+    rank 0 checks that it can write the directory, and every rank stops with
+    one line if not.
 
     On SIGTERM or SIGUSR1 (what Slurm sends before it kills or requeues a
     job) to any rank, all ranks stop after the same step, rank 0 writes a
@@ -36,7 +39,8 @@ class Checkpoint(keras.callbacks.Callback):
         keep_last: how many recent checkpoints to keep; older ones are
             deleted (the best one is kept too).
         monitor: a log key such as `"val_loss"`; the checkpoint of the best
-            epoch is kept and recorded in `best.json`.
+            epoch is kept and recorded in `best.json`, which a resumed run
+            reads back, so only a real improvement replaces it.
         mode: `"min"` or `"max"`: whether smaller or larger `monitor` is better.
         save_on_preemption: handle SIGTERM and SIGUSR1 as above.
 
@@ -76,7 +80,12 @@ class Checkpoint(keras.callbacks.Callback):
         self._old_handlers = {}
         self._epoch = 0
         self._batch = 0
+        # Batches trained since the first run began: the checkpoint names.
+        # It only grows (under gradient accumulation and steps_per_execution
+        # too), so the newest checkpoint has the largest name.
         self._global_step = 0
+        self._epoch_start = 0
+        self._preempt_states = None
 
     def on_train_begin(self, logs=None):
         if self.save_on_preemption:
@@ -90,23 +99,65 @@ class Checkpoint(keras.callbacks.Callback):
                 enable_step_option(self.model, "_hvd_carry_stop")
             preemption.reset()
             self._old_handlers = preemption.install_handlers()
-        self._global_step = int(self.model.optimizer.iterations.numpy())
-        if is_chief():
+        optimizer = self.model.optimizer
+        counted = int(_compat.micro_steps(getattr(optimizer, "inner_optimizer", optimizer)).numpy())
+        resumed = getattr(self.model, "_hvd_resumed", None) or {}
+        start = resumed.get("global_step", 0) - resumed.get("step_in_epoch", 0)
+        self._global_step = max(self._global_step, counted, start)
+        if resumed.get("step_in_epoch") and counted == resumed["global_step"]:
+            self._global_step = start  # the first fit after resume re-counts the skipped batches
+        state = self._prepare_directory() if is_chief() else None
+        if size() > 1:
+            state = hvd.broadcast_object(state, root_rank=0, name="hvd_keras.checkpoint_directory")
+        if state["error"]:
+            raise OSError(state["error"])
+        if self.monitor is not None and state["best"] is not None and self.best is None:
+            self.best = state["best"]
+
+    def _prepare_directory(self):
+        # Rank 0 proves it can write before the first step; every rank learns the outcome.
+        try:
+            os.makedirs(self.directory, exist_ok=True)
             ckpt.remove_stale_temporaries(self.directory)
+            probe = os.path.join(self.directory, f".tmp-write-test-{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"hvd_keras")
+                f.flush()
+                os.fsync(f.fileno())
+            os.remove(probe)
+        except OSError as e:
+            return {"error": (f"hvd_keras: Checkpoint cannot write to {self.directory!r} "
+                              f"(checked on rank 0 before training): {e.strerror or e}. HINT: pass a "
+                              "directory that rank 0 can create and write, on a filesystem every "
+                              "rank of a resumed job can read."), "best": None}
+        best = None
+        best_file = os.path.join(self.directory, ckpt.BEST_FILE)
+        if self.monitor is not None and os.path.exists(best_file):
+            record = ckpt.read_json(best_file)
+            if record.get("monitor") == self.monitor and os.path.isdir(
+                    os.path.join(self.directory, record["path"])):
+                best = record["value"]
+        return {"error": None, "best": best}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._batch = 0
+        self._epoch_start = self._global_step
 
     def on_train_batch_end(self, batch, logs=None):
+        # `batch` is the last batch of the execution (steps_per_execution).
+        before = self._global_step
         self._batch = batch + 1
-        self._global_step += 1
+        self._global_step = self._epoch_start + self._batch
         if self.save_on_preemption and preemption.stop_agreed():
             self.preempted = True
             self.model.stop_training = True
+            # Now, before validation resets the metrics; every rank is here.
+            self._preempt_states = ckpt.gather_metric_states(self.model)
             return
-        if self.save_freq != "epoch" and self._global_step % self.save_freq == 0:
-            self._save(initial_epoch=self._epoch, step_in_epoch=self._batch)
+        if self.save_freq != "epoch" and self._global_step // self.save_freq > before // self.save_freq:
+            self._save(initial_epoch=self._epoch, step_in_epoch=self._batch,
+                       metric_states=ckpt.gather_metric_states(self.model))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.preempted:
@@ -134,19 +185,18 @@ class Checkpoint(keras.callbacks.Callback):
         if self.save_on_preemption:
             preemption.restore_handlers(self._old_handlers)
         if self.preempted:
-            self._save(initial_epoch=self._epoch, step_in_epoch=self._batch, extra={"preempted": True})
-            barrier("hvd_keras.preempted")  # no rank exits before the checkpoint is on disk
-            if is_chief():
-                print(f"hvd_keras: preempted; checkpoint written to {self.directory}; "
-                      f"exiting with code {preemption.PREEMPTED_EXIT_CODE}", flush=True)
-            raise SystemExit(preemption.PREEMPTED_EXIT_CODE)
+            self.preempted = False
+            self._save(initial_epoch=self._epoch, step_in_epoch=self._batch, extra={"preempted": True},
+                       metric_states=self._preempt_states)
+            # The process exits when fit returns, after every callback's on_train_end.
+            self.model._hvd_preempted = self.directory
 
-    def _save(self, initial_epoch, step_in_epoch, extra=None):
+    def _save(self, initial_epoch, step_in_epoch, extra=None, metric_states=None):
         if not is_chief():
             return None
         path = ckpt.save_checkpoint(self.model, self.directory, initial_epoch=initial_epoch,
                                     global_step=self._global_step, step_in_epoch=step_in_epoch,
-                                    extra=extra)
+                                    extra=extra, metric_states=metric_states)
         self._prune()
         return path
 
