@@ -96,7 +96,12 @@ class _AllreduceMixin:
                 start = tf.timestamp()
             with tf.control_dependencies([start]):
                 tensors = [tf.identity(t) for t in tensors]
-        reduced = hvd.grouped_allreduce(tensors, op=settings.op, compression=settings.compression)
+        if settings.op is hvd.Adasum:
+            # horovod 0.28.1's grouped_allreduce fails for Adasum (it reads an
+            # unbound `tensor`); single allreduces still fuse in Horovod's cycle.
+            reduced = [hvd.allreduce(t, op=hvd.Adasum, compression=settings.compression) for t in tensors]
+        else:
+            reduced = hvd.grouped_allreduce(tensors, op=settings.op, compression=settings.compression)
         if getattr(self, "_hvd_timing", False):
             with tf.control_dependencies(reduced):
                 allreduce_seconds().assign_add(tf.timestamp() - start)

@@ -95,3 +95,15 @@ def test_describe_lists_patches_and_settings():
                           env=worker_env(HVD_KERAS_LR_SCALING="sqrt"), timeout=120)
     assert "keras.Model.compile" in proc.stdout and "keras.Model.fit" in proc.stdout
     assert "HVD_KERAS_LR_SCALING=sqrt" in proc.stdout and "HVD_KERAS_WARMUP_EPOCHS=0.0 (default)" in proc.stdout
+
+
+def test_compile_twice_scales_once_and_rank_zero_reloads_alone(tmp_path):
+    out = tmp_path / "res"
+    run_workers("auto_reload.py", ["--out", str(out)], timeout=180)
+    r0, r1 = load_ranks(str(out), 2)
+    for r in (r0, r1):
+        # The caller's optimizer is untouched; each compile scales its own copy by size() = 2.
+        assert float(r["caller_rate"]) == pytest.approx(0.05)
+        assert float(r["first_rate"]) == float(r["second_rate"]) == pytest.approx(0.1)
+    for fmt in ("keras", "h5"):
+        assert float(r0[f"reloaded_{fmt}"]) == pytest.approx(float(r0["trained"]), rel=1e-6)

@@ -1,8 +1,12 @@
 """broadcast_state leaves every rank with the root's weights and optimizer slots."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from conftest import load_ranks, run_workers
+from conftest import SCRIPTS, load_ranks, run_workers, worker_env
 
 
 @pytest.mark.parametrize("root", [0, 1])
@@ -15,3 +19,19 @@ def test_broadcast_state_copies_weights_and_slots(tmp_path, controller, root):
     assert int(ranks[0]["n_optimizer"]) > 2  # iterations, learning rate, Adam moments
     for r in ranks:
         np.testing.assert_array_equal(r["after"], ranks[root]["before"])
+
+
+@pytest.mark.parametrize("mode", ["dup", "split"])
+def test_init_on_an_mpi4py_communicator(tmp_path, mode):
+    out = str(tmp_path / "res")
+    cmd = ["mpirun", "-np", "2", "-x", "PATH", "-x", "PYTHONPATH", sys.executable,
+           os.path.join(SCRIPTS, "mpi_comm.py"), "--mode", mode, "--out", out]
+    proc = subprocess.run(cmd, env=worker_env(), cwd=SCRIPTS, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = load_ranks(out, 2)
+    if mode == "dup":
+        assert int(r0["size"]) == int(r1["size"]) == 2 and (int(r0["hvd_rank"]), int(r1["hvd_rank"])) == (0, 1)
+        np.testing.assert_array_equal(r0["weights"], r1["weights"])
+    else:  # each process is a job of one on its own communicator: nothing is shared
+        assert int(r0["size"]) == int(r1["size"]) == 1 and int(r0["hvd_rank"]) == int(r1["hvd_rank"]) == 0
+        assert np.abs(r0["weights"] - r1["weights"]).max() > 1e-3

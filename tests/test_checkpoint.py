@@ -74,6 +74,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_all(tmp_path, controller):
     latest = checkpoint.latest_checkpoint(str(out / "ckpt"))
     meta = checkpoint.read_meta(latest)
     assert meta["preempted"] is True
+    assert (out / "ended0").exists() and (out / "ended1").exists()  # later callbacks ended too
     # The same command again resumes and completes.
     for f in ("pid0", "pid1"):
         os.remove(out / f)

@@ -29,8 +29,14 @@ class Ready(keras.callbacks.Callback):
             os.replace(f"{out}/pid{rank}.tmp", f"{out}/pid{rank}")
 
 
+class Ended(keras.callbacks.Callback):
+    # After Checkpoint in the list: its on_train_end must run too (a CSVLogger closes its file there).
+    def on_train_end(self, logs=None):
+        open(f"{out}/ended{rank}", "w").close()
+
+
 epochs = int(_common.arg("epochs", "100000"))
 model.fit(xs, ys, batch_size=2, epochs=epochs, initial_epoch=initial_epoch, verbose=0,
           callbacks=[hvd_keras.callbacks.BroadcastInitialState(), Ready(),
-                     hvd_keras.callbacks.Checkpoint(f"{out}/ckpt", save_freq="epoch")])
+                     hvd_keras.callbacks.Checkpoint(f"{out}/ckpt", save_freq="epoch"), Ended()])
 print(f"rank {rank} COMPLETED from initial_epoch {initial_epoch}", flush=True)

@@ -32,8 +32,20 @@ optimizer_name = _common.arg("optimizer", "sgd")
 global_batch = int(_common.arg("global-batch", "16"))
 steps = int(_common.arg("steps", "6"))
 mode = _common.arg("mode", "fit")
+# DistributedOptimizer options: --op average|sum|adasum, --compression none|fp16,
+# --horovod-objects yes (pass hvd.Sum, hvd.Compression.fp16 instead of strings),
+# --accum K (backward_passes_per_step), --sum-aggregated yes, --lr-mult F,
+# --same-data yes (every rank trains on all the data), --model embed (sparse gradients).
+dist_op = _common.arg("op", "average")
+compression = _common.arg("compression", "none")
+accum = int(_common.arg("accum", "1"))
+lr_mult = float(_common.arg("lr-mult", "1"))
+same_data = _common.arg("same-data", "no") == "yes"
+architecture = _common.arg("model", "mlp")
 
 x, y = _common.regression_data(n=global_batch * steps)
+if architecture == "embed":
+    x = (np.abs(x[:, :4]) * 7).astype("int32") % 50
 sw = np.linspace(0.5, 1.5, len(x)).astype("float32")
 
 # Every rank builds different random weights on purpose: the broadcast must fix it.
@@ -58,6 +70,9 @@ def make_model():
         inputs = keras.Input((x.shape[1],))
         h = keras.layers.Dense(16, activation="tanh")(inputs)
         return Custom(inputs, keras.layers.Dense(3)(h))
+    if architecture == "embed":
+        return keras.Sequential([keras.Input((x.shape[1],), dtype="int32"), keras.layers.Embedding(50, 8),
+                                 keras.layers.Flatten(), keras.layers.Dense(3)])
     return keras.Sequential(
         [keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
     )
@@ -65,9 +80,9 @@ def make_model():
 
 model = make_model()
 if optimizer_name == "sgd":
-    opt = keras.optimizers.SGD(0.1, momentum=0.9)
+    opt = keras.optimizers.SGD(0.1 * lr_mult, momentum=0.9)
 elif optimizer_name == "adam":
-    opt = keras.optimizers.Adam(0.01)
+    opt = keras.optimizers.Adam(0.01 * lr_mult)
 elif optimizer_name == "adamw-clip":
     opt = keras.optimizers.AdamW(0.01, weight_decay=0.01, global_clipnorm=0.5)
 elif optimizer_name == "lso":
@@ -76,7 +91,20 @@ else:
     raise SystemExit(f"unknown optimizer {optimizer_name}")
 wrap = _common.arg("wrap", "yes" if api == "explicit" else "no")
 if wrap == "yes":
-    opt = hvd_keras.DistributedOptimizer(opt)
+    options = dict(op=dist_op, compression=compression)
+    if _common.arg("horovod-objects", "no") == "yes":
+        import horovod.tensorflow as hvd
+
+        options = dict(op={"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}[dist_op],
+                       compression={"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}[compression])
+    if accum > 1:
+        options.update(backward_passes_per_step=accum,
+                       average_aggregated_gradients=_common.arg("sum-aggregated", "no") == "no")
+    if architecture == "embed":
+        options.update(sparse_as_dense=True)
+    opt = hvd_keras.DistributedOptimizer(opt, **options)
+elif accum > 1:  # the single-process reference: Keras's own accumulation
+    opt = type(opt).from_config({**opt.get_config(), "gradient_accumulation_steps": accum})
 elif wrap == "outside-lso":  # Keras wraps it in a LossScaleOptimizer under mixed_float16
     opt = hvd_keras.DistributedOptimizer(opt.inner_optimizer if optimizer_name == "lso" else opt)
 compile_kwargs = {} if jit.startswith("auto") else {"jit_compile": jit == "yes"}
@@ -96,9 +124,9 @@ if api == "auto":  # auto shards the data and broadcasts the initial state itsel
     xs, ys, sws = x, y, sw
     fit_kwargs = dict(batch_size=global_batch // size, epochs=1, shuffle=False, verbose=0)
 else:
-    xs, ys, sws = hvd_keras.data.shard((x, y, sw))
-    fit_kwargs = dict(batch_size=global_batch // size, epochs=1, shuffle=False, verbose=0,
-                      callbacks=[hvd_keras.callbacks.BroadcastInitialState()])
+    xs, ys, sws = (x, y, sw) if same_data else hvd_keras.data.shard((x, y, sw))
+    fit_kwargs = dict(batch_size=global_batch if same_data else global_batch // size, epochs=1,
+                      shuffle=False, verbose=0, callbacks=[hvd_keras.callbacks.BroadcastInitialState()])
 if mode == "class_weight":
     model.fit(xs, ys, class_weight={0: 0.5, 1: 2.0, 2: 1.0}, **fit_kwargs)
 elif mode == "sample_weight":
