@@ -190,6 +190,24 @@ def skip_resumed_batches(model, train_function):
     return resuming
 
 
+def _load_newest_intact(model, directory):
+    # A checkpoint damaged after it was written (a truncated copy, a full
+    # disk, a bad sector) is passed over for the previous one, with a line.
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            meta = read_meta(path)
+            model.load_weights(os.path.join(path, MODEL_FILE))
+            if meta.get("step_in_epoch"):
+                meta["metric_states"] = _read_metric_states(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable file means: try the previous one
+            print(f"hvd_keras: checkpoint {path} cannot be loaded ({type(e).__name__}: {e}); "
+                  "trying the previous one", flush=True)
+            continue
+        meta["path"] = path
+        return meta
+    return None
+
+
 def resume(model, directory, root_rank=0):
     """Loads the newest checkpoint on `root_rank` and gives it to every rank.
 
@@ -222,13 +240,7 @@ def resume(model, directory, root_rank=0):
     meta = None
     state_variables(model)  # build optimizer slots to load into, on every rank (a collective)
     if rank() == root_rank:
-        path = latest_checkpoint(directory)
-        if path is not None:
-            model.load_weights(os.path.join(path, MODEL_FILE))
-            meta = read_meta(path)
-            meta["path"] = path
-            if meta.get("step_in_epoch"):
-                meta["metric_states"] = _read_metric_states(path)
+        meta = _load_newest_intact(model, directory)
     if size() > 1:
         meta = hvd.broadcast_object(meta, root_rank=root_rank, name="hvd_keras.resume")
     if meta is None:

@@ -111,3 +111,36 @@ def test_plot_history_writes_a_png(tmp_path):
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 10_000
+
+
+def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys):
+    directory = str(tmp_path / "ckpt")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")
+    saved = []
+    for epoch in range(3):
+        model.fit(x, y, epochs=1, verbose=0)
+        checkpoint.save_checkpoint(model, directory, initial_epoch=epoch + 1, global_step=epoch + 1)
+        saved.append([w.copy() for w in model.get_weights()])
+    newest = checkpoint.latest_checkpoint(directory)
+    with open(os.path.join(newest, "model.keras"), "r+b") as f:
+        f.truncate(100)  # as a failed copy or a full disk leaves it
+    fresh = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    fresh.compile(optimizer="sgd", loss="mse")
+    assert hvd_keras.resume(fresh, directory) == 2
+    for a, b in zip(fresh.get_weights(), saved[1]):
+        np.testing.assert_array_equal(a, b)
+    out = capsys.readouterr().out
+    assert "ckpt-0000000003 cannot be loaded (BadZipFile" in out and "resumed from" in out
+
+
+def test_unwritable_directory_stops_every_rank_before_the_first_step():
+    started = time.monotonic()
+    proc = run_workers("ckpt_unwritable.py", check=False, timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    output = proc.stdout + proc.stderr
+    assert "trained a step" not in output
+    for r in (0, 1):
+        line = f"[{r}]<stderr>:OSError: hvd_keras: Checkpoint cannot write to '/proc/hvd_keras_no_such_dir'"
+        assert line in output, output[-3000:]
