@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 from hvd_keras import _compat, preemption, train_function  # noqa: E402
 
 _compat.check()
-_compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit)
+_compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit,
+                              fit_callbacks=train_function.fit_callbacks)
 
 from hvd_keras import callbacks, data, schedules  # noqa: E402
 from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402

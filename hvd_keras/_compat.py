@@ -110,12 +110,13 @@ def _counting(function):
     return loading
 
 
-def install_trainer_hooks(make_train_function, after_fit):
+def install_trainer_hooks(make_train_function, after_fit, fit_callbacks):
     """Routes every Keras model's train-function build and `fit` through hvd_keras; once.
 
     `make_train_function(model, original, force)` decides; `original(force)`
     is Keras's own. `after_fit(model)` runs when `fit` returns, after every
-    callback's `on_train_end`. `compile` is wrapped only to record whether
+    callback's `on_train_end`; `fit_callbacks(model, callbacks)` returns the
+    callback list `fit` runs with. `compile` is wrapped only to record whether
     `jit_compile` was left to `"auto"` (see `jit_compile_was_auto`): Keras
     resolves it inside `compile` and keeps no trace of the difference. The
     two paths by which Keras compiles a model it loads from a file are marked
@@ -128,6 +129,7 @@ def install_trainer_hooks(make_train_function, after_fit):
     original_fit = trainer.fit
     original_compile = base.compile
     signature = inspect.signature(original_compile)
+    fit_signature = inspect.signature(original_fit)
 
     @functools.wraps(original_make)
     def patched_make(self, force=False):
@@ -135,7 +137,12 @@ def install_trainer_hooks(make_train_function, after_fit):
 
     @functools.wraps(original_fit)
     def patched_fit(self, *args, **kwargs):
-        history = original_fit(self, *args, **kwargs)
+        try:
+            bound = fit_signature.bind(self, *args, **kwargs)
+        except TypeError:  # let Keras report the bad call
+            return original_fit(self, *args, **kwargs)
+        bound.arguments["callbacks"] = fit_callbacks(self, bound.arguments.get("callbacks"))
+        history = original_fit(*bound.args, **bound.kwargs)
         after_fit(self)
         return history
 

@@ -83,9 +83,10 @@ class _AllreduceMixin:
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         present = [i for i, g in enumerate(grads) if g is not None]
         tensors = [grads[i] for i in present]
-        # With callbacks.Checkpoint(save_on_preemption=True), the preemption
-        # request rides in the same fused allreduce: every rank learns at the
-        # same step that some rank was signalled. Otherwise nothing is added.
+        # The stop requests (preemption, model.stop_training on some rank;
+        # callbacks.RankAgreement and Checkpoint turn this on) ride in the
+        # same fused allreduce: every rank learns at the same step that some
+        # rank asked. Otherwise nothing is added.
         carry_stop = getattr(self, "_hvd_carry_stop", False)
         stop_local, stop_agreed = preemption.flags() if carry_stop else (None, None)
         piggyback = carry_stop and settings.op is not hvd.Adasum

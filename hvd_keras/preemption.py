@@ -18,33 +18,54 @@ PREEMPTED_EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 _flags = {}
+# The carried flags: [0] preemption (a signal), [1] a callback set model.stop_training.
+_PREEMPT, _STOP = 0, 1
 
 
 def flags():
-    """(requested here, requested by any rank) as float32 variables, made once."""
+    """(requested here, requested by any rank) as float32 vectors [preempt, stop], made once."""
     if not _flags:
         with tf.init_scope():
-            _flags["local"] = tf.Variable(0.0, trainable=False, name="hvd_keras_stop_local")
-            _flags["agreed"] = tf.Variable(0.0, trainable=False, name="hvd_keras_stop_agreed")
+            _flags["local"] = tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_local")
+            _flags["agreed"] = tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_agreed")
     return _flags["local"], _flags["agreed"]
 
 
 def request_stop(*_):
-    """Marks this rank as asking to stop; the signal handler."""
-    flags()[0].assign(1.0)
+    """Marks this rank as asking to stop for preemption; the signal handler."""
+    flags()[0][_PREEMPT].assign(1.0)
+
+
+def request_training_stop():
+    """Marks this rank as asking every rank to stop training (model.stop_training was set here)."""
+    flags()[0][_STOP].assign(1.0)
 
 
 def reset():
     local, agreed = flags()
-    local.assign(0.0)
-    agreed.assign(0.0)
+    local.assign([0.0, 0.0])
+    agreed.assign([0.0, 0.0])
+
+
+def _agreed(index):
+    local, agreed = flags()
+    flag = local if size() == 1 else agreed
+    return float(flag[index].numpy()) > 0.0
 
 
 def stop_agreed():
-    """True once any rank asked to stop, on every rank at the same step."""
-    local, agreed = flags()
-    flag = local if size() == 1 else agreed
-    return float(flag.numpy()) > 0.0
+    """True once any rank asked to stop for preemption, on every rank at the same step."""
+    return _agreed(_PREEMPT)
+
+
+def training_stop_agreed():
+    """True once any rank asked to stop training, on every rank at the same step."""
+    return _agreed(_STOP)
+
+
+def training_stop_pending():
+    """True when this rank asked to stop training and the other ranks have not learnt it yet."""
+    return float(flags()[0][_STOP].numpy()) > 0.0
 
 
 def install_handlers():

@@ -133,3 +133,15 @@ def split_xla_step(model):
         return logs
 
     return step
+
+
+def fit_callbacks(model, callbacks):
+    """The callbacks `fit` runs with: the user's, then `RankAgreement` on several ranks."""
+    if size() == 1 or not is_distributed(getattr(model, "optimizer", None)):
+        return callbacks
+    from hvd_keras.callbacks import RankAgreement
+
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, RankAgreement) for c in callbacks):
+        callbacks.append(RankAgreement())
+    return callbacks

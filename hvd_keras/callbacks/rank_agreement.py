@@ -1,0 +1,71 @@
+"""RankAgreement callback."""
+
+from hvd_keras import preemption
+from hvd_keras._horovod import hvd, keras, tf
+from hvd_keras.optimizer import enable_step_option, is_distributed
+from hvd_keras.runtime import is_chief, size
+
+
+class RankAgreement(keras.callbacks.Callback):
+    """Keeps the ranks of one `fit` in step: the same steps per epoch, and stopping together.
+
+    hvd_keras adds it to every `fit` of a model with a `DistributedOptimizer`
+    on more than one rank (at the end of the callback list); there is no need
+    to pass it. At the start of `fit` one small collective compares the
+    steps per epoch of every rank, and different counts (data split unevenly
+    by hand) are one line on every rank before any step. When a callback
+    sets `model.stop_training` on some ranks only (`TerminateOnNaN` on a NaN
+    that one rank saw, a time budget, a callback of your own), the request
+    rides in the next step's gradient allreduce and every rank stops after
+    that same step; a stop decided at an epoch end is agreed by one scalar
+    allreduce there.
+
+    Example:
+
+    ```python
+    model.fit(x, y, callbacks=[keras.callbacks.TerminateOnNaN()])  # RankAgreement is added for you
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._active = False
+
+    def on_train_begin(self, logs=None):
+        self._active = size() > 1 and is_distributed(getattr(self.model, "optimizer", None))
+        if not self._active:
+            return
+        steps = self.params.get("steps") if self.params else None
+        everyone = hvd.allgather_object(steps, name="hvd_keras.steps_per_epoch")
+        if len(set(everyone)) > 1:
+            counts = ", ".join(f"rank {r}: {s}" for r, s in enumerate(everyone))
+            raise ValueError(
+                f"hvd_keras: ranks would run different numbers of steps per epoch ({counts}), so one "
+                "would wait for the others forever. HINT: shard with hvd_keras.data.shard (equal "
+                "shards), or pass the same steps_per_epoch on every rank."
+            )
+        if steps is None and is_chief():
+            print("hvd_keras: the number of steps per epoch is unknown (a dataset without a known "
+                  "length): every rank must run the same number of steps; pass steps_per_epoch to be sure.",
+                  flush=True)
+        enable_step_option(self.model, "_hvd_carry_stop")
+        preemption.reset()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._active or preemption.stop_agreed():
+            return  # a preemption stop is already agreed by every rank
+        if preemption.training_stop_agreed():
+            self.model.stop_training = True
+        elif self.model.stop_training:
+            # Not yet: the other ranks learn it in the next step's allreduce,
+            # and every rank stops after that step.
+            preemption.request_training_stop()
+            self.model.stop_training = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._active or preemption.stop_agreed():
+            return
+        wants = (self.model.stop_training or preemption.training_stop_pending()
+                 or preemption.training_stop_agreed())
+        votes = hvd.allreduce(tf.constant(1.0 if wants else 0.0), op=hvd.Sum, name="hvd_keras.stop_training")
+        self.model.stop_training = float(votes) > 0

@@ -1,0 +1,31 @@
+"""A stop decided on one rank ends every rank after the same step; uneven data is refused before the first step."""
+
+import time
+
+import pytest
+from conftest import load_ranks, run_workers
+
+
+@pytest.mark.parametrize("mode,steps,epochs", [
+    ("nan", 4, 1),          # rank 1 sees a NaN at step 3; both stop after the next step
+    ("batch", 8 + 5, 2),    # rank 1's callback stops after step 12 (batch 3 of epoch 1)
+    ("epoch", 8, 1),        # rank 1's callback stops at the end of epoch 0
+])
+def test_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, mode, steps, epochs):
+    out = str(tmp_path / "res")
+    run_workers("stop_one_rank.py", ["--mode", mode, "--out", out], timeout=120)
+    r0, r1 = load_ranks(out, 2)
+    assert int(r0["steps"]) == int(r1["steps"]) == steps
+    assert int(r0["epochs"]) == int(r1["epochs"]) == epochs
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dataset", "pydataset"])
+def test_uneven_steps_per_epoch_are_one_line_on_every_rank(kind):
+    started = time.monotonic()
+    proc = run_workers("uneven_steps.py", ["--kind", kind], check=False, timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    output = proc.stdout + proc.stderr
+    assert "trained a step" not in output
+    for r in (0, 1):
+        assert (f"[{r}]<stderr>:ValueError: hvd_keras: ranks would run different numbers of steps per epoch "
+                "(rank 0: 8, rank 1: 4)") in output, output[-3000:]
