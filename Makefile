@@ -9,7 +9,7 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-test run test bench check-gpu-build clean
+.PHONY: setup setup-test run test bench check-gpu-build compat clean
 
 setup:
 	bash tools/bootstrap.sh
@@ -37,6 +37,13 @@ bench: setup
 check-gpu-build:
 	HVD_KERAS_DEVICE=gpu HVD_KERAS_CUDA_FROM_WHEELS=1 HVD_KERAS_VENV=.venv-gpu bash tools/bootstrap.sh
 	PATH=$(CURDIR)/.venv-gpu/bin:$$PATH bash tools/check_gpu_build.sh .venv-gpu
+
+# The version matrix: every TensorFlow/Keras combination of tools/versions.txt in
+# a venv of its own under .venv-compat/, horovod built for it, the core tests
+# run; prints the Markdown table. `make compat COMBOS="2.16.2 2.21.0-keras3.15.1"`
+# runs a subset.
+compat:
+	bash tools/compat.sh $(COMBOS)
 
 clean:
 	rm -rf .venv .venv-gpu build *.egg-info .pytest_cache

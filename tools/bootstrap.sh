@@ -9,6 +9,9 @@
 #   HVD_KERAS_DEVICE=auto|gpu|cpu  gpu: tensorflow[and-cuda] and horovod with NCCL;
 #                                  auto (default): gpu when nvidia-smi lists a GPU
 #   HVD_KERAS_TF=2.18.1            a row of tools/versions.txt (default: its first row)
+#   HVD_KERAS_KERAS=3.15.1         overrides that row's Keras (default: the row's); the
+#                                  extra constraints come from the row with both versions
+#                                  if there is one, else from the TensorFlow's row
 #   HVD_KERAS_VENV=dir             the virtual environment (default: .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +30,17 @@ DEVICE=$(bash tools/detect_device.sh) || exit 2
 row=$(awk -v tf="${HVD_KERAS_TF:-}" '!/^#/ && NF >= 2 && (tf == "" || $1 == tf) { print; exit }' tools/versions.txt)
 if [ -z "$row" ]; then
   die "HVD_KERAS_TF=${HVD_KERAS_TF} is not in tools/versions.txt. Received: HVD_KERAS_TF=${HVD_KERAS_TF}." \
-      "HINT: use one of: $(awk '!/^#/ && NF >= 2 { printf "%s ", $1 }' tools/versions.txt)"
+      "HINT: use one of: $(awk '!/^#/ && NF >= 2 && !seen[$1]++ { printf "%s ", $1 }' tools/versions.txt)"
 fi
 read -r TF_VERSION KERAS_VERSION EXTRA <<<"$row"
+if [ -n "${HVD_KERAS_KERAS:-}" ]; then
+  [[ "$HVD_KERAS_KERAS" =~ ^3\.[0-9]+\.[0-9]+$ ]] ||
+    die "HVD_KERAS_KERAS must be a Keras 3 release such as 3.15.1. Received: HVD_KERAS_KERAS=${HVD_KERAS_KERAS}." \
+        "HINT: unset HVD_KERAS_KERAS to use the Keras of tools/versions.txt."
+  both=$(awk -v tf="$TF_VERSION" -v k="$HVD_KERAS_KERAS" '!/^#/ && NF >= 2 && $1 == tf && $2 == k { print; exit }' tools/versions.txt)
+  [ -n "$both" ] && read -r TF_VERSION KERAS_VERSION EXTRA <<<"$both"
+  KERAS_VERSION=$HVD_KERAS_KERAS
+fi
 if [ "$DEVICE" = gpu ]; then
   TF_PKG=tensorflow TF_REQ="tensorflow[and-cuda]"
 else

@@ -44,6 +44,7 @@ key=$("$PY" -c "import sys, tensorflow as tf; print(f'tf{tf.__version__}-py{sys.
 [ "$DEVICE" = gpu ] && key="$key-nccl"
 CACHE=${HVD_KERAS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvd_keras}/horovod-$HVD_VERSION-$key
 wheel=$(ls "$CACHE"/horovod-*.whl 2>/dev/null | head -1 || true)
+[ -n "$wheel" ] && echo "[build_horovod] using the cached build $wheel"
 if [ -z "$wheel" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -113,11 +114,13 @@ EOF
   fi
   echo "[build_horovod] building horovod $HVD_VERSION against $key (3 to 8 minutes on 2 cores);" \
        "glue: ${glue[*]:-none}"
+  started=$SECONDS
   env "${flags[@]}" \
     CPLUS_INCLUDE_PATH="$shim${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}" \
     PATH="$VENV/bin:$PATH" \
     "$VENV/bin/pip" wheel -q --no-cache-dir --no-build-isolation --no-deps \
       "horovod==$HVD_VERSION" -w "$tmp/wheel"
+  echo "[build_horovod] built horovod $HVD_VERSION against $key in $((SECONDS - started)) s"
   mkdir -p "$CACHE"
   # rename last, so an interrupted build never leaves a half-written cache entry
   for f in "$tmp"/wheel/horovod-*.whl; do cp "$f" "$CACHE/.partial" && mv "$CACHE/.partial" "$CACHE/$(basename "$f")"; done
