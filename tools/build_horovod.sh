@@ -27,6 +27,13 @@
 #   defined as the cudaStream_t that the Stream hands out.
 # - TensorFlow 2.21's wheel stopped shipping the highwayhash and farmhash
 #   headers: Debian's -dev packages (tools/bootstrap.sh installs them).
+# - TensorFlow 2.19's xla/stream_executor/gpu/tma_metadata.h (reached from
+#   xla_op_kernel.h, which xla_mpi_ops.cc includes) includes LLVM's ArrayRef.h
+#   and SmallVector.h, which its wheel does not ship (2.20 moved to absl):
+#   two stand-ins that only declare llvm::ArrayRef and llvm::SmallVector,
+#   next to the forwarding header on CPLUS_INCLUDE_PATH. horovod never uses
+#   the class that needs them (TmaDescriptor), so nothing of them ends up in
+#   horovod; they only let the header parse.
 set -euo pipefail
 VENV=$1
 DEVICE=${2:-cpu}
@@ -89,6 +96,50 @@ EOF
         glue+=(AsGpuStreamValue)
       fi
     fi
+  fi
+  tma=$TF_INC/xla/stream_executor/gpu/tma_metadata.h
+  if grep -qs '#include "llvm/ADT/ArrayRef.h"' "$tma" && [ ! -f "$TF_INC/llvm/ADT/ArrayRef.h" ]; then
+    mkdir -p "$shim/llvm/ADT"
+    cat > "$shim/llvm/ADT/ArrayRef.h" <<'EOF'
+// Stand-in for LLVM's ArrayRef.h: enough for TensorFlow 2.19's tma_metadata.h to parse.
+#pragma once
+#include <cstddef>
+#include <initializer_list>
+namespace llvm {
+template <typename T>
+class ArrayRef {
+ public:
+  ArrayRef() = default;
+  ArrayRef(const T* data, size_t size) : data_(data), size_(size) {}
+  ArrayRef(std::initializer_list<T> list) : data_(list.begin()), size_(list.size()) {}
+  template <typename C>
+  ArrayRef(const C& c) : data_(c.data()), size_(c.size()) {}
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + size_; }
+  const T& operator[](size_t i) const { return data_[i]; }
+
+ private:
+  const T* data_ = nullptr;
+  size_t size_ = 0;
+};
+}  // namespace llvm
+EOF
+    cat > "$shim/llvm/ADT/SmallVector.h" <<'EOF'
+// Stand-in for LLVM's SmallVector.h: enough for TensorFlow 2.19's tma_metadata.h to parse.
+#pragma once
+#include <vector>
+namespace llvm {
+template <typename T, unsigned N = 0>
+class SmallVector : public std::vector<T> {
+ public:
+  using std::vector<T>::vector;
+};
+}  // namespace llvm
+EOF
+    glue+=(llvm/ADT)
   fi
   if [ "$DEVICE" = gpu ]; then
     if [ "${HVD_KERAS_CUDA_FROM_WHEELS:-0}" = 1 ]; then

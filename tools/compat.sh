@@ -71,8 +71,8 @@ failure_reason() {
   local log_file=$1 line
   if grep -q '^\[build_horovod\] building' "$log_file" && ! grep -q '^\[build_horovod\] built' "$log_file"; then
     # the first compiler or linker error, its file named without directories
-    line=$(grep -m1 -E '(fatal )?error: |undefined reference|ld returned' "$log_file" \
-           | grep -v 'subprocess-exited-with-error' | sed -E 's/^ *//; s|^[^ :]*/||')
+    line=$(grep -E ': (fatal )?error: |undefined reference|ld returned' "$log_file" \
+           | head -1 | sed -E 's/^ *//; s|^[^ :]*/||')
     [ -z "$line" ] && line=$(grep -m1 -E 'CMake Error|^ERROR' "$log_file" | sed -E 's/^ *//')
     echo "failed: ${line:-see the log}"
   elif line=$(grep -m1 '^\[build_horovod\] error' "$log_file"); then
@@ -165,7 +165,7 @@ for combo in "${selected[@]}"; do
 
   log "$name: core tests"
   timeout --kill-after=60 "$TIMEOUT" "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    --junitxml="$xml" "${TESTS[@]}" >> "$log_file" 2>&1
+    --continue-on-collection-errors --junitxml="$xml" "${TESTS[@]}" >> "$log_file" 2>&1
   rc=$?
   if [ -s "$xml" ]; then
     summary=$(summarize_tests "$xml")
