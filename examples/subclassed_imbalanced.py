@@ -37,7 +37,11 @@ class Classifier(keras.Model):
                 metric.update_state(loss)
             else:
                 metric.update_state(y, y_pred, sample_weight=sample_weight)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {}
+        for metric in self.metrics:  # compiled metrics are one container before Keras 3.7
+            result = metric.result()
+            logs.update(result if isinstance(result, dict) else {metric.name: result})
+        return logs
 
 
 keras.utils.set_random_seed(0)

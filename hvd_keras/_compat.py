@@ -37,7 +37,6 @@ _CLASS_ATTRIBUTES = [
     (keras.optimizers.Optimizer, "_clip_gradients",
      "the gradient allreduce is hooked there: every real update passes it once"),
     (_trainer_class, "make_train_function", "hvd_keras builds the XLA and mixed-precision train step"),
-    (_trainer_class, "_make_function", "hvd_keras reuses Keras's steps_per_execution loop"),
     (_base_trainer_class, "get_metrics_result", "exact metrics combine metric states before results"),
     (_base_trainer_class, "compile_from_config", "a model loaded from a file compiles without the wrapper"),
     (_base_trainer_class, "_symbolic_build", "a run resumed inside an epoch restores its metric states"),
@@ -205,9 +204,35 @@ def make_step_function(model, step_function, jit_compile):
     saved = model._jit_compile
     model._jit_compile = jit_compile
     try:
-        return model._make_function(step_function)
+        if hasattr(model, "_make_function"):  # Keras >= 3.7
+            return model._make_function(step_function)
+        return _make_function_before_3_7(model, step_function)
     finally:
         model._jit_compile = saved
+
+
+def _make_function_before_3_7(model, step_function):
+    # Keras 3.0 to 3.6 build the loop inline in make_train_function; this is
+    # that loop with the step passed in (it unrolls steps_per_execution).
+    from keras.src.backend.tensorflow.trainer import reduce_per_replica
+
+    one_step = tf.autograph.experimental.do_not_convert(step_function)
+    if not model.run_eagerly:
+        one_step = tf.function(one_step, reduce_retracing=True, jit_compile=model.jit_compile)
+
+    @tf.autograph.experimental.do_not_convert
+    def one_step_on_iterator(iterator):
+        outputs = model.distribute_strategy.run(one_step, args=(next(iterator),))
+        return reduce_per_replica(outputs, model.distribute_strategy, reduction="auto")
+
+    @tf.autograph.experimental.do_not_convert
+    def multi_step_on_iterator(iterator):
+        for _ in range(model.steps_per_execution):
+            outputs = one_step_on_iterator(iterator)
+        return outputs
+
+    function = multi_step_on_iterator if model.steps_per_execution > 1 else one_step_on_iterator
+    return function if model.run_eagerly else tf.function(function, reduce_retracing=True)
 
 
 def build_metrics(model, data_batch):

@@ -139,6 +139,7 @@ _common.save_result(
     rank,
     weights=_common.flat_weights(model.trainable_variables),
     optimizer=_common.flat_weights([v for v in model.optimizer.variables if v.dtype.startswith("float")]),
-    iterations=int(model.optimizer.iterations.numpy()),
+    # the inner optimizer counts the steps: a LossScaleOptimizer of Keras < 3.7 leaves its own at 0
+    iterations=int(getattr(model.optimizer, "inner_optimizer", model.optimizer).iterations.numpy()),
     xla_split=hvd_keras.train_function.uses_xla_split(model),
 )
