@@ -1,5 +1,7 @@
 """Sharding of training data across ranks."""
 
+import inspect
+
 from hvd_keras._horovod import keras, tf
 from hvd_keras.runtime import rank as _rank
 from hvd_keras.runtime import size as _size
@@ -18,8 +20,13 @@ def shard(data, rank=None, size=None):
     batch size `b`, the ranks' batch `j` together are exactly batch `j` of
     batch size `size * b` on one process (without shuffling).
 
+    A `keras.utils.PyDataset` is sharded by its batches: rank `r` gets
+    batches `r, r + size, ...` (its `workers`, `use_multiprocessing` and
+    `max_queue_size` kept), every rank the same number; an infinite one
+    (`num_batches` of `None`) is sharded without truncation.
+
     Args:
-        data: a `tf.data.Dataset`, an array (numpy, tensor), or a tuple,
+        data: a `tf.data.Dataset`, a `keras.utils.PyDataset`, an array (numpy, tensor), or a tuple,
             list or dict of arrays of equal length (a list is a structure of
             arrays, not an array: convert a list of samples with `np.asarray`) such as `(x, y)` or
             `(x, y, sample_weight)`. A dataset is sharded by its elements:
@@ -54,7 +61,80 @@ def shard(data, rank=None, size=None):
         )
     if isinstance(data, tf.data.Dataset):
         return _shard_dataset(data, rank, size)
+    if isinstance(data, keras.utils.PyDataset):
+        return ShardedPyDataset(data, rank, size)
+    if inspect.isgenerator(data):
+        raise TypeError(generator_error("shard"))
     return _shard_arrays(data, rank, size)
+
+
+def generator_error(where):
+    """The one-line error for a Python generator, whose fix works as written."""
+    return (
+        f"{where} cannot shard a Python generator: a generator cannot skip to the batches of "
+        "one rank, and ranks that run different numbers of steps hang in the allreduce. "
+        "Received: a generator. HINT: make it a dataset of known length and shard that: "
+        "ds = tf.data.Dataset.from_generator(make_generator, output_signature=...)"
+        ".apply(tf.data.experimental.assert_cardinality(num_batches)), then "
+        "hvd_keras.data.shard(ds); or write a keras.utils.PyDataset."
+    )
+
+
+class ShardedPyDataset(keras.utils.PyDataset):
+    """Batches `rank, rank + size, ...` of a `keras.utils.PyDataset`; what `shard` returns for one.
+
+    Args:
+        dataset: the `keras.utils.PyDataset` to shard.
+        rank: the shard this one is.
+        size: the number of shards.
+
+    Example:
+
+    ```python
+    ds = hvd_keras.data.shard(MyPyDataset(workers=4))  # a ShardedPyDataset
+    model.fit(ds, epochs=3)
+    ```
+    """
+
+    def __init__(self, dataset, rank, size):
+        super().__init__(
+            workers=dataset.workers,
+            use_multiprocessing=dataset.use_multiprocessing,
+            max_queue_size=dataset.max_queue_size,
+        )
+        self.dataset, self.rank, self.size = dataset, rank, size
+        n = self._inner_batches()
+        if n is not None and n < size:
+            raise ValueError(
+                f"shard needs at least one batch per rank. Received: a PyDataset of {n} "
+                f"batches for {size} ranks. HINT: use smaller batches or fewer ranks."
+            )
+
+    def _inner_batches(self):
+        try:
+            return self.dataset.num_batches
+        except (AttributeError, NotImplementedError):  # Keras < 3.5 knows only __len__
+            return len(self.dataset)
+
+    @property
+    def num_batches(self):
+        n = self._inner_batches()
+        return None if n is None else n // self.size
+
+    def __len__(self):
+        n = self.num_batches
+        if n is None:
+            raise TypeError("an infinite PyDataset has no length")
+        return n
+
+    def __getitem__(self, index):
+        return self.dataset[self.rank + index * self.size]
+
+    def on_epoch_begin(self):
+        self.dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
 
 
 def _shard_dataset(dataset, rank, size):

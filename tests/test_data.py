@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 from conftest import load_ranks, run_workers
 
@@ -71,3 +72,51 @@ def test_uneven_data_gives_equal_steps_on_two_ranks(tmp_path, kind):
     assert int(r0["batches"]) == int(r1["batches"]) == 2 * 7  # 2 epochs of ceil(50 / 8)
     assert not set(r0["seen"]) & set(r1["seen"])
     assert sorted(np.concatenate([r0["seen"], r1["seen"]])) == list(range(100))
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, n, infinite=False, **kwargs):
+        super().__init__(**kwargs)
+        self.n, self.infinite, self.epochs = n, infinite, []
+
+    @property
+    def num_batches(self):
+        return None if self.infinite else self.n
+
+    def __getitem__(self, i):
+        return np.full((2, 1), i, "float32"), np.zeros((2,), "float32")
+
+    def on_epoch_end(self):
+        self.epochs.append("end")
+
+
+def test_pydataset_is_sharded_by_batches_keeping_its_loader_settings():
+    inner = _Batches(7, workers=3, use_multiprocessing=True, max_queue_size=5)
+    shards = [hvd_keras.data.shard(inner, rank=r, size=3) for r in range(3)]
+    assert [s.num_batches for s in shards] == [2, 2, 2] and len(shards[1]) == 2
+    assert [[int(s[j][0][0, 0]) for j in range(2)] for s in shards] == [[0, 3], [1, 4], [2, 5]]
+    assert all(isinstance(s, keras.utils.PyDataset) for s in shards)
+    assert (shards[0].workers, shards[0].use_multiprocessing, shards[0].max_queue_size) == (3, True, 5)
+    shards[2].on_epoch_end()
+    assert inner.epochs == ["end"]
+    endless = hvd_keras.data.shard(_Batches(0, infinite=True), rank=1, size=2)
+    assert endless.num_batches is None and int(endless[4][0][0, 0]) == 9
+    with pytest.raises(ValueError, match="at least one batch per rank"):
+        hvd_keras.data.shard(_Batches(1), rank=0, size=2)
+
+
+def test_generator_error_names_a_fix_that_works_as_written():
+    def make_generator():
+        for i in range(5):
+            yield np.full((2, 1), i, "float32")
+
+    with pytest.raises(TypeError, match="from_generator") as err:
+        hvd_keras.data.shard(make_generator(), rank=0, size=2)
+    assert "\n" not in str(err.value)
+    # the HINT, as written
+    num_batches = 5
+    ds = tf.data.Dataset.from_generator(
+        make_generator, output_signature=tf.TensorSpec((2, 1), tf.float32)
+    ).apply(tf.data.experimental.assert_cardinality(num_batches))
+    got = [[int(b[0, 0]) for b in hvd_keras.data.shard(ds, rank=r, size=2).as_numpy_iterator()] for r in range(2)]
+    assert got == [[0, 2], [1, 3]]

@@ -45,6 +45,7 @@ Or without editing the script: `horovodrun -np 2 python -m hvd_keras.auto train.
 
 import dataclasses
 import functools
+import inspect
 import os
 
 from hvd_keras import _compat
@@ -132,7 +133,7 @@ def compile(self, original, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
         optimizer = DistributedOptimizer(optimizer)
         inner = getattr(optimizer, "inner_optimizer", optimizer)
         if _compat.learning_rate_schedule(inner) is None:
-            inner.learning_rate = scale_learning_rate(float(inner.learning_rate), SETTINGS.lr_scaling)
+            inner.learning_rate = scale_learning_rate(float(keras.ops.convert_to_numpy(inner.learning_rate)), SETTINGS.lr_scaling)
     result = original(self, optimizer, *args, **kwargs)
     if SETTINGS.exact_metrics:
         exact_metrics(self)
@@ -154,19 +155,23 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
             "before any model is compiled; compile a loaded model again before fit."
         )
     if size() > 1:
-        if isinstance(x, tf.data.Dataset):
+        if isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)):
             x = _data.shard(x)
+        elif inspect.isgenerator(x):
+            raise TypeError(_data.generator_error("hvd_keras.auto"))
         elif _shardable(_present(x=x, y=y, sample_weight=sample_weight)):
             sharded = _data.shard(_present(x=x, y=y, sample_weight=sample_weight))
             x, y, sample_weight = (sharded.get(k) for k in ("x", "y", "sample_weight"))
         else:
             raise TypeError(
-                "hvd_keras.auto can shard numpy arrays and tf.data datasets. Received: x of type "
-                f"{type(x).__name__}. HINT: pass arrays or a tf.data.Dataset, or shard yourself "
-                "with hvd_keras.data.shard."
+                "hvd_keras.auto can shard numpy arrays, tf.data datasets and keras.utils.PyDataset. "
+                f"Received: x of type {type(x).__name__}. HINT: pass one of those, or shard "
+                "yourself with hvd_keras.data.shard."
             )
-        if isinstance(validation_data, tf.data.Dataset):
+        if isinstance(validation_data, (tf.data.Dataset, keras.utils.PyDataset)):
             validation_data = _data.shard(validation_data)
+        elif inspect.isgenerator(validation_data):
+            raise TypeError(_data.generator_error("hvd_keras.auto"))
         elif validation_data is not None and _shardable(_present(*validation_data)):
             validation_data = tuple(_data.shard(_present(*validation_data)).values())
         if steps_per_epoch:
@@ -189,6 +194,8 @@ def _steps(x, batch_size, validation_split):
     if isinstance(x, tf.data.Dataset):
         n = int(x.cardinality())
         return max(n, 1)
+    if isinstance(x, keras.utils.PyDataset):
+        return max(1, len(x))
     n = len(keras.tree.flatten(x)[0])
     n -= int(n * validation_split)
     return max(1, -(-n // (batch_size or 32)))

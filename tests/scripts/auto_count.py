@@ -39,10 +39,27 @@ counter = CountIds()
 outputs = keras.layers.Dense(1, activation="sigmoid")(counter(inputs))
 model = keras.Model(inputs, outputs)
 model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=["accuracy"])
-model.fit(x, y, batch_size=8, epochs=epochs, callbacks=[keras.callbacks.CSVLogger("log.csv"),
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of 8 of (x, y); the last batch has the 5 left over."""
+
+    def __len__(self):
+        return -(-n // 8)
+
+    def __getitem__(self, i):
+        return x[8 * i:8 * (i + 1)], y[8 * i:8 * (i + 1)]
+
+
+if _common.arg("kind", "numpy") == "pydataset":
+    data = dict(x=Batches(workers=2, max_queue_size=4), validation_data=Batches())
+else:
+    data = dict(x=x, y=y, batch_size=8, validation_data=(x, y))
+history = model.fit(**data, epochs=epochs, callbacks=[keras.callbacks.CSVLogger("log.csv"),
                                                       keras.callbacks.ModelCheckpoint("ckpt.keras")])
 model.save("model.keras")
 model.save_weights("model.weights.h5")
 result = model.evaluate(x, y, return_dict=True, verbose=0)
 _common.save_result(_common.arg("out"), rank, counts=np.asarray(counter.counts), accuracy=result["accuracy"],
+                    val_loss=np.asarray(history.history["val_loss"]),
                     loss=result["loss"], files=np.array(sorted(os.listdir("."))))
