@@ -1,5 +1,6 @@
 """Atomic checkpoints written by rank 0, and resume on every rank."""
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,31 @@ def _fsync_path(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(path):
+    """What is wrong with the checkpoint at `path`, as a phrase, or None when its files match their checksums.
+
+    Checkpoints written before checksums were recorded pass unchecked.
+    """
+    files = read_meta(path).get("files", {})
+    for name, expected in sorted(files.items()):
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            return f"{name} is missing"
+        if os.path.getsize(file) != expected["bytes"]:
+            return f"{name} has {os.path.getsize(file)} bytes, {expected['bytes']} were written"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match the checksum recorded when it was written"
+    return None
 
 
 def versions():
@@ -64,6 +90,18 @@ def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epo
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, f"ckpt-{int(global_step):010d}")
     tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=directory)
+    try:
+        _write_checkpoint(model, tmp, final, directory, initial_epoch, global_step, step_in_epoch,
+                          extra, metric_states)
+    except BaseException:
+        # A failed save (a full disk, a kill) leaves the previous checkpoints as they were.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _write_checkpoint(model, tmp, final, directory, initial_epoch, global_step, step_in_epoch, extra,
+                      metric_states):
     model_path = os.path.join(tmp, MODEL_FILE)
     model.save(model_path)
     _fsync_path(model_path)
@@ -72,8 +110,12 @@ def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epo
         metrics_path = os.path.join(tmp, METRICS_FILE)
         np.savez(metrics_path, ranks=np.int64(len(metric_states)), **arrays)
         _fsync_path(metrics_path)
+    files = {name: {"bytes": os.path.getsize(os.path.join(tmp, name)),
+                    "sha256": _sha256(os.path.join(tmp, name))}
+             for name in sorted(os.listdir(tmp))}
     meta = {"initial_epoch": int(initial_epoch), "global_step": int(global_step),
-            "step_in_epoch": int(step_in_epoch), "versions": versions(), **(extra or {})}
+            "step_in_epoch": int(step_in_epoch), "versions": versions(), "files": files,
+            **(extra or {})}
     with open(os.path.join(tmp, META_FILE), "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
         f.flush()
@@ -83,7 +125,6 @@ def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epo
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_path(directory)
-    return final
 
 
 def list_checkpoints(directory):
@@ -196,6 +237,11 @@ def _load_newest_intact(model, directory):
     for path in reversed(list_checkpoints(directory)):
         try:
             meta = read_meta(path)
+            problem = damage(path)
+            if problem:
+                print(f"hvd_keras: checkpoint {path} is damaged ({problem}); trying the previous one",
+                      flush=True)
+                continue
             model.load_weights(os.path.join(path, MODEL_FILE))
             if meta.get("step_in_epoch"):
                 meta["metric_states"] = _read_metric_states(path)

@@ -10,6 +10,7 @@ import time
 
 import keras
 import numpy as np
+import pytest
 from conftest import SCRIPTS, load_ranks, run_workers, worker_env
 
 import hvd_keras
@@ -38,7 +39,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     meta = checkpoint.read_meta(found[-1])
     assert meta["initial_epoch"] == 4 and meta["global_step"] == 16
     assert set(meta["versions"]) == {"hvd_keras", "tensorflow", "keras", "horovod"}
-    code = f"import keras; m = keras.saving.load_model({found[-1] + '/model.keras'!r}); print(int(m.optimizer.iterations))"
+    code = f"import keras; m = keras.saving.load_model({found[-1] + '/model.keras'!r}); print(int(m.optimizer.iterations.numpy()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=worker_env())
     assert out.stdout.strip().endswith("16"), out.stderr[-2000:]
 
@@ -113,7 +114,7 @@ def test_plot_history_writes_a_png(tmp_path):
     assert os.path.getsize(path) > 10_000
 
 
-def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys):
+def test_resume_passes_over_damaged_checkpoints_to_the_newest_intact_one(tmp_path, capsys):
     directory = str(tmp_path / "ckpt")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss="mse")
@@ -123,16 +124,24 @@ def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, capsys):
         model.fit(x, y, epochs=1, verbose=0)
         checkpoint.save_checkpoint(model, directory, initial_epoch=epoch + 1, global_step=epoch + 1)
         saved.append([w.copy() for w in model.get_weights()])
-    newest = checkpoint.latest_checkpoint(directory)
+    first, second, newest = checkpoint.list_checkpoints(directory)
+    assert checkpoint.damage(newest) is None
     with open(os.path.join(newest, "model.keras"), "r+b") as f:
         f.truncate(100)  # as a failed copy or a full disk leaves it
+    with open(os.path.join(second, "model.keras"), "r+b") as f:  # a bad sector: same size, one byte off
+        f.seek(os.path.getsize(os.path.join(second, "model.keras")) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
     fresh = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     fresh.compile(optimizer="sgd", loss="mse")
-    assert hvd_keras.resume(fresh, directory) == 2
-    for a, b in zip(fresh.get_weights(), saved[1]):
+    assert hvd_keras.resume(fresh, directory) == 1
+    for a, b in zip(fresh.get_weights(), saved[0]):
         np.testing.assert_array_equal(a, b)
     out = capsys.readouterr().out
-    assert "ckpt-0000000003 cannot be loaded (BadZipFile" in out and "resumed from" in out
+    assert "ckpt-0000000003 is damaged (model.keras has 100 bytes" in out
+    assert "ckpt-0000000002 is damaged (model.keras does not match the checksum" in out
+    assert "resumed from" in out and "ckpt-0000000001" in out
 
 
 def test_unwritable_directory_stops_every_rank_before_the_first_step():
@@ -144,3 +153,30 @@ def test_unwritable_directory_stops_every_rank_before_the_first_step():
     for r in (0, 1):
         line = f"[{r}]<stderr>:OSError: hvd_keras: Checkpoint cannot write to '/proc/hvd_keras_no_such_dir'"
         assert line in output, output[-3000:]
+
+
+def test_a_full_disk_ends_every_rank_and_keeps_the_previous_checkpoint(tmp_path):
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(fs)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        directory = str(fs / "ckpt")
+        started = time.monotonic()
+        proc = run_workers("ckpt_disk_full.py", ["--dir", directory], check=False, timeout=120)
+        assert proc.returncode != 0 and time.monotonic() - started < 60
+        output = proc.stdout + proc.stderr
+        assert "finished fit" not in output and "ended epoch 1" not in output
+        for r in (0, 1):
+            line = (f"[{r}]<stderr>:OSError: hvd_keras: Checkpoint could not save "
+                    f"'{directory}/ckpt-0000000008' on rank 0: No space left on device (errno 28)")
+            assert line in output, output[-3000:]
+        os.remove(fs / "filler")
+        assert [os.path.basename(p) for p in checkpoint.list_checkpoints(directory)] == ["ckpt-0000000004"]
+        assert checkpoint.damage(checkpoint.latest_checkpoint(directory)) is None
+        assert not [n for n in os.listdir(directory) if n.startswith(".tmp-")]
+        keras.saving.load_model(os.path.join(checkpoint.latest_checkpoint(directory), "model.keras"))
+    finally:
+        subprocess.run(["umount", str(fs)], check=False)

@@ -175,11 +175,8 @@ class Checkpoint(keras.callbacks.Callback):
             if improved:
                 self.best = value
         if self.save_freq == "epoch" or improved:
-            path = self._save(initial_epoch=epoch + 1, step_in_epoch=0)
-            if improved and is_chief():
-                ckpt.write_json_atomic(os.path.join(self.directory, ckpt.BEST_FILE),
-                                       {"path": os.path.basename(path), "monitor": self.monitor,
-                                        "value": self.best, "epoch": epoch})
+            best = {"monitor": self.monitor, "value": self.best, "epoch": epoch} if improved else None
+            self._save(initial_epoch=epoch + 1, step_in_epoch=0, best=best)
 
     def on_train_end(self, logs=None):
         if self.save_on_preemption:
@@ -191,18 +188,37 @@ class Checkpoint(keras.callbacks.Callback):
             # The process exits when fit returns, after every callback's on_train_end.
             self.model._hvd_preempted = self.directory
 
-    def _save(self, initial_epoch, step_in_epoch, extra=None, metric_states=None):
-        if not is_chief():
-            return None
-        path = ckpt.save_checkpoint(self.model, self.directory, initial_epoch=initial_epoch,
-                                    global_step=self._global_step, step_in_epoch=step_in_epoch,
-                                    extra=extra, metric_states=metric_states)
-        self._prune()
+    def _save(self, initial_epoch, step_in_epoch, extra=None, metric_states=None, best=None):
+        # Rank 0 writes; every rank learns whether it could, so that a failed
+        # save (a full disk) ends every rank with rank 0's reason.
+        error = path = None
+        if is_chief():
+            path = os.path.join(self.directory, f"ckpt-{self._global_step:010d}")
+            try:
+                ckpt.save_checkpoint(self.model, self.directory, initial_epoch=initial_epoch,
+                                     global_step=self._global_step, step_in_epoch=step_in_epoch,
+                                     extra=extra, metric_states=metric_states)
+                if best is not None:
+                    ckpt.write_json_atomic(os.path.join(self.directory, ckpt.BEST_FILE),
+                                           {"path": os.path.basename(path), **best})
+                self._prune(path)
+            except Exception as e:  # noqa: BLE001 - any failure to write ends the job the same way
+                cause = f"{e.strerror} (errno {e.errno})" if isinstance(e, OSError) and e.strerror else \
+                    f"{type(e).__name__}: {e}"
+                error = (f"hvd_keras: Checkpoint could not save {path!r} on rank 0: {cause}. The previous "
+                         "checkpoints are intact. HINT: free space or pass another directory, then run "
+                         "the same command again to resume from the newest checkpoint.")
+        if size() > 1:
+            error = hvd.broadcast_object(error, root_rank=0, name="hvd_keras.checkpoint_saved")
+        if error:
+            raise OSError(error)
         return path
 
-    def _prune(self):
+    def _prune(self, written):
         found = ckpt.list_checkpoints(self.directory)
-        keep = set(found[-self.keep_last:])
+        # The one just written is intact; a newer name can only be a damaged
+        # one that a resume passed over.
+        keep = set(found[-self.keep_last:]) | {written}
         best_file = os.path.join(self.directory, ckpt.BEST_FILE)
         if os.path.exists(best_file):
             keep.add(os.path.join(self.directory, ckpt.read_best(best_file)))
