@@ -29,3 +29,15 @@ def test_uneven_steps_per_epoch_are_one_line_on_every_rank(kind):
     for r in (0, 1):
         assert (f"[{r}]<stderr>:ValueError: hvd_keras: ranks would run different numbers of steps per epoch "
                 "(rank 0: 8, rank 1: 4)") in output, output[-3000:]
+
+
+def test_evaluate_on_uneven_shards_is_exact_on_every_rank(tmp_path):
+    # Exact metrics combine metric states once, at the end: ranks may
+    # evaluate different numbers of batches, and the result is the
+    # single-process one on the union of their data, so nothing is refused.
+    out = str(tmp_path / "res")
+    run_workers("uneven_steps.py", ["--kind", "evaluate", "--out", out], timeout=120)
+    r0, r1 = load_ranks(out, 2)
+    for r in (r0, r1):
+        assert abs(float(r["loss"]) - float(r0["union_loss"])) < 1e-6
+        assert float(r["accuracy"]) == float(r0["union_accuracy"])

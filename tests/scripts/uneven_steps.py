@@ -1,4 +1,8 @@
-"""Data split by hand so that rank 1 has half the batches of rank 0."""
+"""Data split by hand so that rank 1 has half the batches of rank 0.
+
+`--kind evaluate`: evaluation with exact metrics on such data, which is
+allowed: it must give the single-process result on the union of the data.
+"""
 
 import _common
 
@@ -30,7 +34,20 @@ class Steps(keras.callbacks.Callback):
         print(f"rank {rank} trained a step", flush=True)
 
 
+keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(3)])
+if kind == "evaluate":
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    plain.compile(loss=loss, metrics=["accuracy"])
+    hvd_keras.exact_metrics(model).compile(loss=loss, metrics=["accuracy"])
+    mine = x[:32] if rank == 0 else x[32:48], y[:32] if rank == 0 else y[32:48]
+    got = model.evaluate(*mine, batch_size=4, verbose=0, return_dict=True)
+    union = plain.evaluate(x[:48], y[:48], batch_size=4, verbose=0, return_dict=True)
+    _common.save_result(_common.arg("out"), rank, loss=got["loss"], accuracy=got["accuracy"],
+                        union_loss=union["loss"], union_accuracy=union["accuracy"])
+    raise SystemExit(0)
 model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1)),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 data = {"numpy": (xs, ys), "dataset": (tf.data.Dataset.from_tensor_slices((xs, ys)).batch(4),),
