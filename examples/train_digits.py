@@ -13,12 +13,13 @@ Everything is local: the digits ship inside scikit-learn, nothing is downloaded.
 
 import argparse
 
+# hvd_keras before keras: it loads TensorFlow with TF_CPP_MIN_LOG_LEVEL applied
+# to TensorFlow's start-up lines too, so the first screen shows the training.
+import hvd_keras  # isort: skip
 import keras
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-
-import hvd_keras
 
 
 def load_data(seed=0):

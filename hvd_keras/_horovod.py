@@ -7,6 +7,9 @@ in one place and fail with one line that names the fix.
 
 import json
 import os
+import re
+import sys
+import tempfile
 
 
 def _configured_backend():
@@ -36,7 +39,49 @@ def check_backend():
         )
 
 
+# What TensorFlow's native libraries print while they load, before absl's
+# logging is initialised, whatever TF_CPP_MIN_LOG_LEVEL says: the absl
+# notice, and INFO (I...) or WARNING (W...) lines such as "oneDNN custom
+# operations are on". Each process prints them twice, so a job prints them
+# twice per rank before its first line of training.
+_ABSL_NOTICE = re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$")
+_ABSL_LINE = {1: re.compile(r"^I\d{4} "), 2: re.compile(r"^[IW]\d{4} "), 3: re.compile(r"^[IWE]\d{4} ")}
+
+
+def import_tensorflow_quietly(environ=os.environ):
+    """Imports keras and TensorFlow with TF_CPP_MIN_LOG_LEVEL applied to their start-up lines too.
+
+    Only when TensorFlow is not imported yet and the level is 1 or more
+    (the user asked for fewer logs); every other line printed meanwhile is
+    passed on, in order.
+    """
+    try:
+        level = int(environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    if "tensorflow" in sys.modules or level < 1:
+        import keras  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            hidden = _ABSL_LINE[min(level, 3)]
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if not (_ABSL_NOTICE.match(line.rstrip("\n")) or hidden.match(line))]
+            if kept:
+                os.write(2, "".join(kept).encode())
+
+
 check_backend()
+import_tensorflow_quietly()
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

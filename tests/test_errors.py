@@ -25,6 +25,15 @@ def test_jax_backend_is_refused_at_import():
     assert "TensorFlow backend" in line and "backend='jax'" in line and "KERAS_BACKEND=tensorflow" in line
 
 
+def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level():
+    # TensorFlow 2.21 prints them before absl's logging starts, past its own setting.
+    script = "import os; os.write(2, b'mine\\n'); import hvd_keras; os.write(2, b'after\\n')"
+    quiet, loud = (subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                                  env=worker_env(TF_CPP_MIN_LOG_LEVEL=level)) for level in ("2", "0"))
+    assert quiet.returncode == 0 and quiet.stderr == "mine\nafter\n", quiet.stderr
+    assert "mine" in loud.stderr and "after" in loud.stderr
+
+
 def test_horovod_without_tensorflow_support_is_refused(tmp_path):
     # A horovod install whose TensorFlow extension was not built: the package
     # as installed, without horovod/tensorflow/mpi_lib*.so.
@@ -73,7 +82,7 @@ def test_wrapped_optimizer_keeps_type_and_config():
     wrapped = hvd_keras.DistributedOptimizer(base, backward_passes_per_step=2)
     assert isinstance(wrapped, keras.optimizers.AdamW) and wrapped is not base
     assert wrapped.gradient_accumulation_steps == 2
-    assert float(wrapped.learning_rate) == pytest.approx(0.003)
+    assert float(wrapped.learning_rate.numpy()) == pytest.approx(0.003)
 
 
 @pytest.mark.parametrize("where", ["broadcast", "train_step"])

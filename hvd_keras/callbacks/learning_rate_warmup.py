@@ -83,7 +83,7 @@ class LearningRateWarmup(keras.callbacks.Callback):
         self._done = trained > self.warmup_steps
         if self.warmup_target is None:
             last = trained - int(getattr(self.model, "steps_per_execution", 1) or 1)
-            self.warmup_target = self._target_from(float(optimizer.learning_rate), last)
+            self.warmup_target = self._target_from(float(keras.ops.convert_to_numpy(optimizer.learning_rate)), last)
         if self.initial_learning_rate is None:
             self.initial_learning_rate = self.warmup_target / size()
 
@@ -115,7 +115,7 @@ class LearningRateWarmup(keras.callbacks.Callback):
         step = self._steps_trained()
         self._done = step >= self.warmup_steps
         optimizer = self._optimizer()
-        old = float(optimizer.learning_rate)
+        old = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         new = self.rate_at(step)
         if new == old:
             return

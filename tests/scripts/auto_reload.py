@@ -21,7 +21,7 @@ optimizer = keras.optimizers.SGD(0.05)
 model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(3)])
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-first_rate = float(model.optimizer.learning_rate)
+first_rate = float(model.optimizer.learning_rate.numpy())
 model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])  # the same optimizer again
 model.fit(x, y, batch_size=8, epochs=2, verbose=0)
 trained = model.evaluate(x, y, verbose=0, return_dict=True)
@@ -36,6 +36,6 @@ if rank == 0:  # the usual "reload the best model and evaluate it on rank 0"
         reloaded[fmt] = again.evaluate(x, y, verbose=0, return_dict=True)["loss"]
         again.predict(x[:4], verbose=0)
 hvd_keras.barrier()  # rank 1 waits here while rank 0 works alone
-_common.save_result(out, rank, first_rate=first_rate, second_rate=float(model.optimizer.learning_rate),
-                    caller_rate=float(optimizer.learning_rate), trained=trained["loss"],
+_common.save_result(out, rank, first_rate=first_rate, second_rate=float(model.optimizer.learning_rate.numpy()),
+                    caller_rate=float(optimizer.learning_rate.numpy()), trained=trained["loss"],
                     **{f"reloaded_{k}": v for k, v in reloaded.items()})

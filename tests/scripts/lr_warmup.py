@@ -29,7 +29,7 @@ class Record(keras.callbacks.Callback):
     lrs, m_begin, m_end = [], [], []
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.lrs.append(float(opt.learning_rate))
+        self.lrs.append(float(opt.learning_rate.numpy()))
         self.m_begin.append(_common.flat_weights(opt.momentums))
 
     def on_train_batch_end(self, batch, logs=None):
