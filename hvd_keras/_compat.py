@@ -14,7 +14,7 @@ import inspect
 from hvd_keras._horovod import hvd, keras, tf
 
 #: The combinations proved by `make compat` (tools/versions.txt, README table).
-SUPPORTED = "TensorFlow 2.16 to 2.21 with Keras 3.7 to 3.15"
+SUPPORTED = "TensorFlow 2.16 to 2.21 with Keras 3.0 to 3.15"
 
 LossScaleOptimizer = keras.optimizers.LossScaleOptimizer
 
@@ -243,6 +243,15 @@ def build_metrics(model, data_batch):
 def set_jit_compile(model, value):
     """Sets jit_compile without Keras's warning path (value is already decided)."""
     model._jit_compile = value
+
+
+def variable_aggregation(variable):
+    """How a metric state variable combines across replicas: `"sum"`, `"mean"`, ...
+
+    Keras 3.0 variables have no `aggregation`; every metric state of that
+    release is a total or a count, which sum.
+    """
+    return getattr(variable, "aggregation", "sum")
 
 
 def is_fit_validation(evaluate_kwargs):

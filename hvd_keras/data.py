@@ -158,7 +158,7 @@ def _shard_dataset(dataset, rank, size):
 
 
 def _shard_arrays(data, rank, size):
-    leaves = keras.tree.flatten(data)
+    leaves = tf.nest.flatten(data)
     if not leaves:
         raise ValueError(f"shard received no arrays. Received: {data!r}. HINT: pass (x, y).")
     lengths = set()
@@ -184,4 +184,4 @@ def _shard_arrays(data, rank, size):
             "ranks. HINT: use fewer ranks or more data."
         )
     rows = slice(rank, (n // size) * size, size)
-    return keras.tree.map_structure(lambda leaf: leaf[rows], data)
+    return tf.nest.map_structure(lambda leaf: leaf[rows], data)

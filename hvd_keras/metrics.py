@@ -3,6 +3,7 @@
 import contextlib
 import types
 
+from hvd_keras import _compat
 from hvd_keras._horovod import hvd, tf
 from hvd_keras.runtime import size
 
@@ -28,8 +29,9 @@ def global_metric_states(metrics):
     groups = {}
     for metric in metrics:
         for v in metric.variables:
-            if v.aggregation in _OPS:
-                groups.setdefault(v.aggregation, []).append(v)
+            aggregation = _compat.variable_aggregation(v)
+            if aggregation in _OPS:
+                groups.setdefault(aggregation, []).append(v)
     saved = []
     for aggregation in sorted(groups):
         variables = groups[aggregation]

@@ -106,3 +106,16 @@ def test_update_that_bypasses_the_allreduce_is_refused():
     assert "without averaging them across ranks" in out
     single = run_workers("bypass.py", [], np_=1, check=False, timeout=120)
     assert "TRAINED on 1 ranks" in single.stdout  # nothing to average at size 1
+
+
+def test_a_keras_without_an_internal_is_refused_in_one_line(monkeypatch):
+    from keras.src.trainers.trainer import Trainer
+
+    from hvd_keras import _compat
+
+    monkeypatch.delattr(Trainer, "_symbolic_build")
+    with pytest.raises(ImportError) as err:
+        _compat.check()
+    message = str(err.value)
+    assert "\n" not in message and "lacks Trainer._symbolic_build" in message
+    assert "Supported: TensorFlow 2.16 to 2.21 with Keras 3.0 to 3.15" in message and "HINT" in message

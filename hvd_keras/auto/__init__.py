@@ -115,7 +115,7 @@ def _present(*args, **kwargs):
 def _shardable(x):
     if isinstance(x, tf.data.Dataset):
         return True
-    leaves = keras.tree.flatten(x)
+    leaves = tf.nest.flatten(x)
     return bool(leaves) and all(hasattr(leaf, "__len__") and hasattr(leaf, "__getitem__") for leaf in leaves)
 
 
@@ -196,7 +196,7 @@ def _steps(x, batch_size, validation_split):
         return max(n, 1)
     if isinstance(x, keras.utils.PyDataset):
         return max(1, len(x))
-    n = len(keras.tree.flatten(x)[0])
+    n = len(tf.nest.flatten(x)[0])
     n -= int(n * validation_split)
     return max(1, -(-n // (batch_size or 32)))
 
