@@ -32,7 +32,7 @@ def _base_trainer_class():
 
 
 # (owner, attribute, why hvd_keras needs it). Instance attributes are checked
-# on a freshly made SGD optimizer.
+# on the first optimizer that DistributedOptimizer wraps.
 _CLASS_ATTRIBUTES = [
     (keras.optimizers.Optimizer, "_clip_gradients",
      "the gradient allreduce is hooked there: every real update passes it once"),
@@ -45,25 +45,46 @@ _CLASS_ATTRIBUTES = [
 _INSTANCE_ATTRIBUTES = ["_learning_rate", "iterations", "gradient_accumulation_steps"]
 
 
+def _refuse(missing):
+    raise ImportError(
+        f"hvd_keras does not support Keras {keras.__version__} on TensorFlow {tf.__version__}: "
+        f"it lacks {', '.join(missing)}. Supported: {SUPPORTED}. HINT: install a supported "
+        "combination (tools/versions.txt; HVD_KERAS_TF=<version> make setup)."
+    )
+
+
 def check():
-    """Raises ImportError naming the supported versions if an internal is missing."""
+    """Raises ImportError naming the supported versions if a class attribute is missing.
+
+    Run at import, it creates nothing: making an optimizer would start
+    TensorFlow's runtime, after which the script could no longer set thread
+    counts or visible devices (`hvd_keras.init()` pins each rank's GPU).
+    """
     missing = []
     for owner, name, _ in _CLASS_ATTRIBUTES:
         cls = owner if isinstance(owner, type) else owner()
         if name == "inner_optimizer":
-            continue  # an instance attribute of LossScaleOptimizer, checked below
+            continue  # an instance attribute of LossScaleOptimizer, see check_optimizer
         if not hasattr(cls, name):
             missing.append(f"{cls.__name__}.{name}")
-    probe = keras.optimizers.SGD()
-    missing += [f"SGD().{name}" for name in _INSTANCE_ATTRIBUTES if not hasattr(probe, name)]
-    if not hasattr(LossScaleOptimizer(keras.optimizers.SGD()), "inner_optimizer"):
+    if missing:
+        _refuse(missing)
+
+
+def check_optimizer(optimizer):
+    """The instance half of `check`, on the first optimizer hvd_keras wraps."""
+    if _checked_optimizer:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    missing = [f"{type(inner).__name__}().{name}" for name in _INSTANCE_ATTRIBUTES if not hasattr(inner, name)]
+    if isinstance(optimizer, LossScaleOptimizer) and not hasattr(optimizer, "inner_optimizer"):
         missing.append("LossScaleOptimizer().inner_optimizer")
     if missing:
-        raise ImportError(
-            f"hvd_keras does not support Keras {keras.__version__} on TensorFlow {tf.__version__}: "
-            f"it lacks {', '.join(missing)}. Supported: {SUPPORTED}. HINT: install a supported "
-            "combination (tools/versions.txt; HVD_KERAS_TF=<version> make setup)."
-        )
+        _refuse(missing)
+    _checked_optimizer.append(True)
+
+
+_checked_optimizer = []
 
 
 # --- optimizers ------------------------------------------------------------

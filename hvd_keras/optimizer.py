@@ -303,6 +303,7 @@ def DistributedOptimizer(
             "HINT: pass e.g. keras.optimizers.SGD(0.01) or \"adam\" (tf.keras and "
             "legacy optimizers are not supported)."
         )
+    _compat.check_optimizer(optimizer)
     if isinstance(optimizer, _AllreduceMixin):
         raise ValueError(
             f"DistributedOptimizer received an optimizer that is already distributed: {optimizer.name}. "

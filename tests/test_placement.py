@@ -1,8 +1,11 @@
 """GPU placement, decided in one process with patched device lists (no GPU needed)."""
 
+import subprocess
+import sys
 import types
 
 import pytest
+from conftest import worker_env
 
 from hvd_keras import cli, launcher, placement
 from hvd_keras.runtime import pin_gpu
@@ -148,3 +151,22 @@ def test_cli_gpus_with_too_many_processes_is_one_line(tmp_path, capsys, monkeypa
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     assert cli.main(["run", "-np", "4", "--gpus", "--dry-run", str(script)]) == 0
     assert "NCCL_DEBUG=WARN" in capsys.readouterr().out
+
+
+def test_import_and_init_leave_tensorflow_configurable():
+    # init() pins a GPU with set_visible_devices, which TensorFlow refuses once
+    # its runtime started: importing hvd_keras must not start it (a 2.21 CPU
+    # machine raises the same RuntimeError for CPU devices and thread counts).
+    script = (
+        "import hvd_keras, tensorflow as tf\n"
+        "tf.config.set_visible_devices(tf.config.list_physical_devices('CPU'), 'CPU')\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(1)\n"
+        "hvd_keras.init()\n"
+        "tf.config.threading.set_inter_op_parallelism_threads(1)\n"
+        "import keras\n"
+        "hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1))\n"
+        "print('configurable')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=worker_env())
+    assert proc.returncode == 0 and "configurable" in proc.stdout, proc.stderr[-2000:]
