@@ -86,3 +86,16 @@ def run_ranks(np_, script, args, controller="gloo", env=None, launcher_args=()):
 def report(result):
     """The line a worker prints for `run_ranks` to pick up."""
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def pin_to_core(local_rank):
+    """Pins this process to one core of those it may use: local rank k to the k-th (wrapping)."""
+    cores = sorted(os.sched_getaffinity(0))
+    core = {cores[local_rank % len(cores)]}
+    # Every thread already started (TensorFlow's pools, Horovod's background
+    # thread), not only the calling one; threads started later inherit it.
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(task), core)
+        except OSError:  # a thread that ended meanwhile
+            pass

@@ -1,24 +1,31 @@
 """Benchmark: steps/s of `fit` with hvd_keras against a hand-written Horovod loop.
 
-Both variants train the same model on the same shards inside one
-`horovodrun -np 2` job; the rounds interleave them (fit, loop, fit, loop, ...)
-so that machine noise hits both alike, and the median of the per-round
-ratios is reported.
+All variants train the same MLP on the same shards inside one job; the rounds
+interleave them (order reversed every other round) so that machine noise hits
+each alike, and the median of the per-round ratios is reported with its min
+and max. Each rank is pinned to its own core (`--no-pin` to leave placement
+to the kernel) and runs one TensorFlow thread, and the first epoch of each
+variant (tracing) is excluded.
 
-    .venv/bin/python bench/overhead.py [--np 2] [--rounds 7] [--steps 200]
+    .venv/bin/python bench/overhead.py [--np 2] [--rounds 15] [--steps 200] [--controller gloo|mpi]
 
-The hand-written loop is what Horovod's documentation asks users to write:
-a `tf.function` step with a `GradientTape`, one `hvd.grouped_allreduce` of
-the gradients, and `optimizer.apply`.
+Variants:
+- `fit`: `model.fit` with `hvd_keras.DistributedOptimizer`, as users run it
+  (`RankAgreement`, which hvd_keras adds to every distributed `fit`, included);
+- `fit, no agreement`: the same without `RankAgreement`, to measure what
+  agreed stopping costs (also reported directly: the time inside its hooks);
+- `loop`: what Horovod's documentation asks users to write: a `tf.function`
+  step with a `GradientTape`, one `hvd.grouped_allreduce` of the gradients,
+  and `optimizer.apply`; at `--np 1` the same without the allreduce.
 """
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
 
 
 def parse_args():
@@ -27,28 +34,10 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
+    p.add_argument("--controller", choices=["gloo", "mpi"], default="gloo")
+    p.add_argument("--no-pin", action="store_true", help="do not pin each rank to a core")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
-
-
-def launch(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
-    cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(args.np), "--gloo",
-           sys.executable, os.path.abspath(__file__), "--worker", "--rounds", str(args.rounds),
-           "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    result = [line.split("RESULT ", 1)[1] for line in proc.stdout.splitlines() if "RESULT " in line]
-    if proc.returncode != 0 or not result:
-        sys.exit(f"benchmark failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    data = json.loads(result[0])
-    ratios = [f / t for f, t in zip(data["fit"], data["loop"])]
-    print(f"{'round':>5} {'fit steps/s':>12} {'loop steps/s':>13} {'ratio':>6}")
-    for i, (f, t, r) in enumerate(zip(data["fit"], data["loop"], ratios)):
-        print(f"{i:>5} {f:>12.1f} {t:>13.1f} {r:>6.3f}")
-    print(f"median ratio fit/loop: {statistics.median(ratios):.3f} "
-          f"(np={args.np}, {args.steps} steps x {args.rounds} rounds, per-rank batch {args.batch_size})")
 
 
 def worker(args):
@@ -59,14 +48,16 @@ def worker(args):
     import hvd_keras
     from hvd_keras._horovod import hvd
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    _harness.set_threads(tf, 1, 1)
     hvd_keras.init()
+    if not args.no_pin:
+        _harness.pin_to_core(hvd_keras.local_rank())
     rng = np.random.default_rng(0)
     n = args.steps * args.batch_size * hvd_keras.size()
     x = rng.normal(size=(n, 64)).astype("float32")
     y = rng.integers(0, 10, size=(n,)).astype("int32")
     xs, ys = hvd_keras.data.shard((x, y))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def make_model():
         keras.utils.set_random_seed(0)
@@ -77,25 +68,47 @@ def worker(args):
             keras.layers.Dense(10),
         ])
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    class NoAgreement(hvd_keras.callbacks.RankAgreement):
+        # Present, so hvd_keras adds no RankAgreement of its own, and with
+        # Keras's default hooks: a fit as without it (Keras then dispatches
+        # batch-end callbacks asynchronously again).
+        on_train_begin = keras.callbacks.Callback.on_train_begin
+        on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+        on_epoch_end = keras.callbacks.Callback.on_epoch_end
 
-    fit_model = make_model()
-    fit_model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.01)), loss=loss_fn)
-    hvd_keras.broadcast_state(fit_model)
+    class TimedAgreement(hvd_keras.callbacks.RankAgreement):
+        # The real one, with the wall time of its hooks (their collectives
+        # included) summed: what it adds outside the compiled step.
+        seconds, steps = {}, 0
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
+        def _timed(self, hook, *args):
+            start = time.perf_counter()
+            getattr(super(), hook)(*args)
+            TimedAgreement.seconds[hook] = TimedAgreement.seconds.get(hook, 0.0) + time.perf_counter() - start
+
+        def on_train_begin(self, logs=None):
+            self._timed("on_train_begin", logs)
+
+        def on_train_batch_end(self, batch, logs=None):
+            TimedAgreement.steps += 1
+            self._timed("on_train_batch_end", batch, logs)
 
         def on_epoch_end(self, epoch, logs=None):
-            self.elapsed = time.perf_counter() - self.start
+            self._timed("on_epoch_end", epoch, logs)
 
-    timer = EpochTimer()
+    timer = _harness.epoch_timer(keras)
 
-    def run_fit():
-        fit_model.fit(xs, ys, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
-                      callbacks=[timer])
-        return args.steps / timer.elapsed
+    def make_fit(extra_callbacks):
+        model = make_model()
+        model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.01)), loss=loss_fn)
+        hvd_keras.broadcast_state(model)
+
+        def run():
+            model.fit(xs, ys, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
+                      callbacks=[timer, *extra_callbacks])
+            return args.steps / timer.elapsed
+
+        return run
 
     loop_model = make_model()
     loop_opt = keras.optimizers.SGD(0.01)
@@ -108,7 +121,8 @@ def worker(args):
         with tf.GradientTape() as tape:
             loss = loss_fn(yb, loop_model(xb, training=True))
         grads = tape.gradient(loss, loop_model.trainable_variables)
-        grads = hvd.grouped_allreduce(grads, op=hvd.Average)
+        if hvd_keras.size() > 1:
+            grads = hvd.grouped_allreduce(grads, op=hvd.Average)
         loop_opt.apply(grads, loop_model.trainable_variables)
         return loss
 
@@ -118,17 +132,42 @@ def worker(args):
             loop_step(xb, yb)
         return args.steps / (time.perf_counter() - start)
 
-    run_fit(), run_loop()  # trace and warm up both
-    results = {"fit": [], "loop": []}
-    for i in range(args.rounds):
-        # Alternate which goes first so neither always follows the other.
-        order = [("fit", run_fit), ("loop", run_loop)]
-        for name, fn in order if i % 2 == 0 else order[::-1]:
-            results[name].append(fn())
+    variants = {"fit": make_fit([TimedAgreement()]), "fit, no agreement": make_fit([NoAgreement()]),
+                "loop": run_loop}
+    for run in variants.values():
+        run()  # trace and warm up
+    TimedAgreement.seconds, TimedAgreement.steps = {}, 0
+    results = _harness.interleave(variants, args.rounds)
+    results["agreement_hooks"] = {hook: 1e6 * total / (TimedAgreement.steps if hook == "on_train_batch_end"
+                                                        else args.rounds)
+                                  for hook, total in TimedAgreement.seconds.items()}
     if hvd_keras.is_chief():
-        print("RESULT " + json.dumps(results), flush=True)
+        _harness.report(results)
+
+
+def main(args):
+    forwarded = ["--rounds", str(args.rounds), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    if args.no_pin:
+        forwarded.append("--no-pin")
+    results = _harness.run_ranks(args.np, os.path.abspath(__file__), forwarded, controller=args.controller)
+    hooks = results.pop("agreement_hooks")
+    print(f"np={args.np} {args.controller}, {args.steps} steps x {args.rounds} rounds, per-rank batch "
+          f"{args.batch_size}, {'unpinned' if args.no_pin else 'one core per rank'}; median (min-max)")
+    for name, values in results.items():
+        print(f"  {name:<22} steps/s {_harness.fmt(values, 1)}")
+    print(f"  fit / loop             {_harness.fmt(_harness.ratios(results['fit'], results['loop']), 3)}")
+    agreement = _harness.ratios(results["fit"], results["fit, no agreement"])
+    print(f"  agreement A/B          {_harness.fmt([1 - r for r in agreement], 4)} of fit's step rate "
+          "(1 - fit / fit without agreement; within the noise unless it exceeds the spread)")
+    step_us = 1e6 / _harness.spread(results["fit"])[0]
+    per_fit = hooks.get("on_train_begin", 0) + hooks.get("on_epoch_end", 0)
+    per_step = hooks.get("on_train_batch_end", 0)
+    print(f"  agreement, per step    {per_step:.1f} us (on_train_batch_end) = {per_step / step_us:.5f} of the "
+          f"median fit step ({step_us:.0f} us); in the step: 2 floats more in the one fused allreduce")
+    print(f"  agreement, per fit     {per_fit / 1e3:.2f} ms (steps allgather + epoch-end allreduce, waiting "
+          f"for the other rank included) = {per_fit / (args.steps * step_us):.4f} of a {args.steps}-step epoch")
 
 
 if __name__ == "__main__":
     arguments = parse_args()
-    worker(arguments) if arguments.worker else launch(arguments)
+    worker(arguments) if arguments.worker else main(arguments)

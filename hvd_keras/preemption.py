@@ -47,10 +47,19 @@ def reset():
     agreed.assign([0.0, 0.0])
 
 
+def agreed():
+    """(preemption stop agreed, training stop agreed): one read of the carried flags.
+
+    Callbacks call it once per batch; reading the whole vector is one eager
+    op (slicing first would be two more).
+    """
+    local, carried = flags()
+    values = (local if size() == 1 else carried).numpy()
+    return bool(values[_PREEMPT] > 0.0), bool(values[_STOP] > 0.0)
+
+
 def _agreed(index):
-    local, agreed = flags()
-    flag = local if size() == 1 else agreed
-    return float(flag[index].numpy()) > 0.0
+    return agreed()[index]
 
 
 def stop_agreed():

@@ -52,13 +52,16 @@ class RankAgreement(keras.callbacks.Callback):
         preemption.reset()
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self._active or preemption.stop_agreed():
+        if not self._active:
+            return
+        preempt, stop = preemption.agreed()
+        if preempt:
             return  # a preemption stop is already agreed by every rank
-        if preemption.training_stop_agreed():
+        if stop:
             self.model.stop_training = True
         elif self.model.stop_training:
             # Not yet: the other ranks learn it in the next step's allreduce,
-            # and every rank stops after that step.
+            # and every rank stops after that same step.
             preemption.request_training_stop()
             self.model.stop_training = False
 
