@@ -164,8 +164,9 @@ def main(args):
     per_step = hooks.get("on_train_batch_end", 0)
     print(f"  agreement, per step    {per_step:.1f} us (on_train_batch_end) = {per_step / step_us:.5f} of the "
           f"median fit step ({step_us:.0f} us); in the step: 2 floats more in the one fused allreduce")
-    print(f"  agreement, per fit     {per_fit / 1e3:.2f} ms (steps allgather + epoch-end allreduce, waiting "
-          f"for the other rank included) = {per_fit / (args.steps * step_us):.4f} of a {args.steps}-step epoch")
+    print(f"  agreement, per fit     {per_fit / 1e3:.2f} ms (on_train_begin {hooks.get('on_train_begin', 0) / 1e3:.2f}: "
+          f"steps allgather; on_epoch_end {hooks.get('on_epoch_end', 0) / 1e3:.2f}: scalar allreduce; waiting for "
+          f"the other rank included) = {per_fit / (args.steps * step_us):.4f} of a {args.steps}-step epoch")
 
 
 if __name__ == "__main__":
