@@ -74,6 +74,11 @@ def write_json_atomic(path, data):
     _fsync_path(directory)
 
 
+def checkpoint_path(directory, global_step):
+    """Where the checkpoint after `global_step` batches goes: `directory/ckpt-<global_step>`."""
+    return os.path.join(directory, f"ckpt-{int(global_step):010d}")
+
+
 def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epoch=0, extra=None,
                     metric_states=None):
     """Writes one checkpoint atomically; call it on one rank only.
@@ -88,7 +93,7 @@ def save_checkpoint(model, directory, *, initial_epoch, global_step, step_in_epo
     Returns the checkpoint's path, `directory/ckpt-<global_step>`.
     """
     os.makedirs(directory, exist_ok=True)
-    final = os.path.join(directory, f"ckpt-{int(global_step):010d}")
+    final = checkpoint_path(directory, global_step)
     tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=directory)
     try:
         _write_checkpoint(model, tmp, final, directory, initial_epoch, global_step, step_in_epoch,

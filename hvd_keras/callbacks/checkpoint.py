@@ -193,7 +193,7 @@ class Checkpoint(keras.callbacks.Callback):
         # save (a full disk) ends every rank with rank 0's reason.
         error = path = None
         if is_chief():
-            path = os.path.join(self.directory, f"ckpt-{self._global_step:010d}")
+            path = ckpt.checkpoint_path(self.directory, self._global_step)
             try:
                 ckpt.save_checkpoint(self.model, self.directory, initial_epoch=initial_epoch,
                                      global_step=self._global_step, step_in_epoch=step_in_epoch,
@@ -212,7 +212,6 @@ class Checkpoint(keras.callbacks.Callback):
             error = hvd.broadcast_object(error, root_rank=0, name="hvd_keras.checkpoint_saved")
         if error:
             raise OSError(error)
-        return path
 
     def _prune(self, written):
         found = ckpt.list_checkpoints(self.directory)
