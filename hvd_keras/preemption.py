@@ -20,6 +20,16 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _flags = {}
 # The carried flags: [0] preemption (a signal), [1] a callback set model.stop_training.
 _PREEMPT, _STOP = 0, 1
+# This rank's requests as Python values too: read once per batch, they cost
+# nothing, where reading a variable is an eager op (~100 us).
+_local = [False, False]
+# The agreed flags as the last train function call returned them (an output
+# of the compiled step, already on the host), or None: then the variable is read.
+_returned = {"flags": None}
+
+#: The key under which the compiled step returns the agreed flags; taken out
+#: of the logs before Keras or any callback sees them.
+LOG_KEY = "_hvd_keras_agreed_stop"
 
 
 def flags():
@@ -33,11 +43,13 @@ def flags():
 
 def request_stop(*_):
     """Marks this rank as asking to stop for preemption; the signal handler."""
+    _local[_PREEMPT] = True
     flags()[0][_PREEMPT].assign(1.0)
 
 
 def request_training_stop():
     """Marks this rank as asking every rank to stop training (model.stop_training was set here)."""
+    _local[_STOP] = True
     flags()[0][_STOP].assign(1.0)
 
 
@@ -45,16 +57,48 @@ def reset():
     local, agreed = flags()
     local.assign([0.0, 0.0])
     agreed.assign([0.0, 0.0])
+    _local[:] = [False, False]
+    _returned["flags"] = None
+
+
+def with_agreed_flags(step_function):
+    """`step_function` whose logs also return the agreed flags, read after the step's allreduce.
+
+    The read follows the allreduce's assignment of the same variable (the
+    traced function keeps the order of operations on one resource).
+    """
+    def step(data):
+        logs = step_function(data)
+        if not isinstance(logs, dict):
+            return logs
+        logs = dict(logs)
+        logs[LOG_KEY] = flags()[1].read_value()
+        return logs
+
+    return step
+
+
+def taking_agreed_flags(train_function):
+    """`train_function` with the agreed flags taken out of its logs and kept for `agreed()`."""
+    def train(iterator):
+        logs = train_function(iterator)
+        _returned["flags"] = logs.pop(LOG_KEY, None) if isinstance(logs, dict) else None
+        return logs
+
+    return train
 
 
 def agreed():
-    """(preemption stop agreed, training stop agreed): one read of the carried flags.
+    """(preemption stop agreed, training stop agreed), as known after the last step.
 
-    Callbacks call it once per batch; reading the whole vector is one eager
-    op (slicing first would be two more).
+    Callbacks call it once per batch. The flags the step returned are read
+    (~1 us: the value is already on the host); the variable only where the
+    train function does not return them.
     """
-    local, carried = flags()
-    values = (local if size() == 1 else carried).numpy()
+    if size() == 1:
+        return _local[_PREEMPT], _local[_STOP]
+    returned = _returned["flags"]
+    values = (flags()[1] if returned is None else returned).numpy()
     return bool(values[_PREEMPT] > 0.0), bool(values[_STOP] > 0.0)
 
 
@@ -74,7 +118,7 @@ def training_stop_agreed():
 
 def training_stop_pending():
     """True when this rank asked to stop training and the other ranks have not learnt it yet."""
-    return float(flags()[0][_STOP].numpy()) > 0.0
+    return _local[_STOP]
 
 
 def install_handlers():

@@ -22,7 +22,7 @@ Keras's own train function runs untouched):
 
 import types
 
-from hvd_keras import _compat
+from hvd_keras import _compat, preemption
 from hvd_keras.checkpoint import skip_resumed_batches
 from hvd_keras._horovod import tf
 from hvd_keras.optimizer import is_distributed, reduce_before_loss_scaling
@@ -48,8 +48,8 @@ def _build(model, original, force):
         return model.train_function
     model._hvd_xla_split = False
     if model.run_eagerly or not model.jit_compile:
-        return original(force)
-    split = _compat.make_step_function(model, split_xla_step(model), jit_compile=False)
+        return _build_plain(model, original)
+    split = _make(model, split_xla_step(model))
 
     def train_function(iterator):
         # The split is decided while the first call traces the step; a step
@@ -63,6 +63,29 @@ def _build(model, original, force):
     model.train_function = train_function
     model._hvd_xla_split = True
     return train_function
+
+
+def _build_plain(model, original):
+    # Keras's own train function, unless the step must return the agreed
+    # stop flags; then the same function around train_step plus that output.
+    if getattr(model.optimizer, "_hvd_carry_stop", False):
+        model.train_function = _make(model, model.train_step)
+    else:
+        original(True)
+    return model.train_function
+
+
+def _make(model, step):
+    """Keras's loop (steps_per_execution) around `step`, returning the agreed flags when carried.
+
+    RankAgreement and Checkpoint check the agreed flags after every batch;
+    as an output of the step they are on the host with the loss, where
+    reading the variable afterwards costs an eager op per batch.
+    """
+    if not getattr(model.optimizer, "_hvd_carry_stop", False):
+        return _compat.make_step_function(model, step, jit_compile=False)
+    function = _compat.make_step_function(model, preemption.with_agreed_flags(step), jit_compile=False)
+    return preemption.taking_agreed_flags(function)
 
 
 def uses_xla_split(model):
@@ -82,8 +105,7 @@ def _fallback(model, original, error):
               f"but {error}", flush=True)
     _compat.set_jit_compile(model, False)
     model._hvd_xla_split = False
-    original(True)
-    return model.train_function
+    return _build_plain(model, original)
 
 
 def split_xla_step(model):

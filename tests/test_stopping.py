@@ -6,17 +6,21 @@ import pytest
 from conftest import load_ranks, run_workers
 
 
-@pytest.mark.parametrize("mode,steps,epochs", [
-    ("nan", 4, 1),          # rank 1 sees a NaN at step 3; both stop after the next step
-    ("batch", 8 + 5, 2),    # rank 1's callback stops after step 12 (batch 3 of epoch 1)
-    ("epoch", 8, 1),        # rank 1's callback stops at the end of epoch 0
+@pytest.mark.parametrize("mode,steps,epochs,jit", [
+    ("nan", 4, 1, "0"),          # rank 1 sees a NaN at step 3; both stop after the next step
+    ("batch", 8 + 5, 2, "0"),    # rank 1's callback stops after step 12 (batch 3 of epoch 1)
+    ("batch", 8 + 5, 2, "1"),    # the same with the XLA step split around the allreduce
+    ("epoch", 8, 1, "0"),        # rank 1's callback stops at the end of epoch 0
 ])
-def test_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, mode, steps, epochs):
+def test_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, mode, steps, epochs, jit):
     out = str(tmp_path / "res")
-    run_workers("stop_one_rank.py", ["--mode", mode, "--out", out], timeout=120)
+    run_workers("stop_one_rank.py", ["--mode", mode, "--jit", jit, "--out", out], timeout=120)
     r0, r1 = load_ranks(out, 2)
     assert int(r0["steps"]) == int(r1["steps"]) == steps
     assert int(r0["epochs"]) == int(r1["epochs"]) == epochs
+    # The step returns the agreed flags; they never reach Keras's logs.
+    assert r0["keys"] == r1["keys"] == "loss"
+    assert int(r0["returned"]) == int(r1["returned"]) == 1
 
 
 @pytest.mark.parametrize("kind", ["numpy", "dataset", "pydataset"])

@@ -34,10 +34,13 @@ class StopRankOne(keras.callbacks.Callback):
 
 model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(3)])
 model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1)),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              jit_compile=_common.arg("jit", "0") == "1")
 callbacks = [hvd_keras.callbacks.BroadcastInitialState(), StopRankOne()]
 if mode == "nan":
     callbacks.append(keras.callbacks.TerminateOnNaN())
 history = model.fit(xs, ys, batch_size=4, epochs=4, verbose=0, shuffle=False, callbacks=callbacks)
 _common.save_result(_common.arg("out"), rank, steps=int(model.optimizer.iterations.numpy()),
-                    epochs=len(history.epoch))
+                    epochs=len(history.epoch), keys=",".join(sorted(history.history)),
+                    # the agreed flags came back as an output of the last step
+                    returned=int(hvd_keras.preemption._returned["flags"] is not None))
