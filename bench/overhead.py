@@ -13,7 +13,8 @@ Variants:
 - `fit`: `model.fit` with `hvd_keras.DistributedOptimizer`, as users run it
   (`RankAgreement`, which hvd_keras adds to every distributed `fit`, included);
 - `fit, no agreement`: the same without `RankAgreement`, to measure what
-  agreed stopping costs (also reported directly: the time inside its hooks);
+  agreed stopping costs (also reported directly: the time inside its hooks
+  and, timed on a trivial step, what returning the flags adds to the step);
 - `loop`: what Horovod's documentation asks users to write: a `tf.function`
   step with a `GradientTape`, one `hvd.grouped_allreduce` of the gradients,
   and `optimizer.apply`; at `--np 1` the same without the allreduce.
@@ -132,6 +133,28 @@ def worker(args):
             loop_step(xb, yb)
         return args.steps / (time.perf_counter() - start)
 
+    def flags_output_cost(calls=2000, rounds=7):
+        # What returning the agreed flags adds inside the train function: one
+        # variable read more in the step, one output more, and taking it out
+        # of the logs; timed on a trivial step, where nothing hides it.
+        from hvd_keras import preemption
+
+        def step(x):
+            return {"loss": x * 2.0}
+
+        plain = tf.function(step)
+        returning = preemption.taking_agreed_flags(tf.function(preemption.with_agreed_flags(step)))
+        x = tf.constant(1.0)
+        per_call = {plain: [], returning: []}
+        for _ in range(rounds):
+            for function in (plain, returning):
+                function(x)
+                start = time.perf_counter()
+                for _ in range(calls):
+                    function(x)
+                per_call[function].append((time.perf_counter() - start) / calls)
+        return 1e6 * (sorted(per_call[returning])[rounds // 2] - sorted(per_call[plain])[rounds // 2])
+
     variants = {"fit": make_fit([TimedAgreement()]), "fit, no agreement": make_fit([NoAgreement()]),
                 "loop": run_loop}
     for run in variants.values():
@@ -141,6 +164,7 @@ def worker(args):
     results["agreement_hooks"] = {hook: 1e6 * total / (TimedAgreement.steps if hook == "on_train_batch_end"
                                                         else args.rounds)
                                   for hook, total in TimedAgreement.seconds.items()}
+    results["agreement_hooks"]["in_step"] = flags_output_cost()
     if hvd_keras.is_chief():
         _harness.report(results)
 
@@ -161,9 +185,11 @@ def main(args):
           "(1 - fit / fit without agreement; within the noise unless it exceeds the spread)")
     step_us = 1e6 / _harness.spread(results["fit"])[0]
     per_fit = hooks.get("on_train_begin", 0) + hooks.get("on_epoch_end", 0)
-    per_step = hooks.get("on_train_batch_end", 0)
-    print(f"  agreement, per step    {per_step:.1f} us (on_train_batch_end) = {per_step / step_us:.5f} of the "
-          f"median fit step ({step_us:.0f} us); in the step: 2 floats more in the one fused allreduce")
+    hook, in_step = hooks.get("on_train_batch_end", 0), hooks.get("in_step", 0)
+    per_step = hook + in_step
+    print(f"  agreement, per step    {per_step:.1f} us = {per_step / step_us:.5f} of the median fit step "
+          f"({step_us:.0f} us): on_train_batch_end {hook:.1f} us, the flags as a step output {in_step:.1f} us; "
+          "and 2 floats more in the one fused allreduce")
     print(f"  agreement, per fit     {per_fit / 1e3:.2f} ms (on_train_begin {hooks.get('on_train_begin', 0) / 1e3:.2f}: "
           f"steps allgather; on_epoch_end {hooks.get('on_epoch_end', 0) / 1e3:.2f}: scalar allreduce; waiting for "
           f"the other rank included) = {per_fit / (args.steps * step_us):.4f} of a {args.steps}-step epoch")
