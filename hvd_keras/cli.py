@@ -7,7 +7,7 @@ from hvd_keras import launcher
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="hvd-keras", description="Launch hvd_keras training jobs.")
+    p = argparse.ArgumentParser(prog="hvd-keras", description="Launch hvd_keras training jobs and plan their scaling.")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a training script on several processes (over horovodrun)",
                        allow_abbrev=False)
@@ -26,11 +26,71 @@ def _parser():
     r.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
     r.add_argument("script")
     r.add_argument("script_args", nargs=argparse.REMAINDER)
+
+    b = sub.add_parser("bench-allreduce", help="measure the allreduce cost of these hosts for `plan`")
+    b.add_argument("-np", "--num-proc", dest="np", type=int, default=2, help="number of processes (default 2)")
+    b.add_argument("-H", "--hosts", help="host:slots,host:slots")
+    ctl = b.add_mutually_exclusive_group()
+    ctl.add_argument("--gloo", dest="controller", action="store_const", const="gloo")
+    ctl.add_argument("--mpi", dest="controller", action="store_const", const="mpi")
+    b.add_argument("-o", "--output", default="link.json", help="where the fitted link goes (default link.json)")
+    b.add_argument("--repeats", type=int, default=10, help="timed allreduces per message size")
+
+    q = sub.add_parser("plan", help="predict step time, samples/s and scaling efficiency at 1 to N ranks")
+    q.add_argument("--profile", help="a Profile JSON (hvd_keras.planner.profile(...).save(path))")
+    q.add_argument("--step-ms", type=float, help="compute time of one step on one process, in ms")
+    q.add_argument("--gradient-mb", type=float, help="gradients per step, in MB (4 bytes per float32 weight)")
+    q.add_argument("--batch-size", type=int, help="samples per step on each rank")
+    q.add_argument("--link", help="a link JSON from bench-allreduce")
+    q.add_argument("--latency-us", type=float, help="published link latency, in us (instead of --link)")
+    q.add_argument("--gbit", type=float, help="published link bandwidth, in Gbit/s (instead of --link)")
+    q.add_argument("--overlap", type=float, default=0.0,
+                   help="share of the allreduce hidden behind compute (0: hvd_keras; default)")
+    q.add_argument("--max-np", type=int, default=512, help="largest number of ranks in the table")
     return p
+
+
+def _plan(args):
+    from hvd_keras import planner
+
+    if args.link:
+        link = planner.Link.load(args.link)
+    elif args.latency_us is not None and args.gbit is not None:
+        link = planner.Link.from_figures(args.latency_us, args.gbit)
+    else:
+        raise ValueError("plan needs --link link.json (from `hvd-keras bench-allreduce`) or both --latency-us "
+                         "and --gbit. HINT: hvd-keras bench-allreduce -np 2 -o link.json")
+    if args.profile:
+        profile = planner.Profile.load(args.profile)
+    elif None not in (args.step_ms, args.gradient_mb, args.batch_size):
+        profile = planner.Profile(args.step_ms / 1e3, int(args.gradient_mb * 1e6), args.batch_size)
+    else:
+        raise ValueError("plan needs --profile prof.json or all of --step-ms, --gradient-mb and --batch-size. "
+                         "HINT: hvd_keras.planner.profile(model, x, y, batch_size).save('prof.json')")
+    sizes = [n for n in planner.DEFAULT_SIZES if n <= args.max_np]
+    if args.max_np not in sizes:
+        sizes.append(args.max_np)
+    print(planner.predict(profile, link, sizes, args.overlap))
+    return 0
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "plan":
+        try:
+            return _plan(args)
+        except (ValueError, OSError) as e:
+            print(f"hvd-keras: error: {e}", file=sys.stderr)
+            return 2
+    if args.command == "bench-allreduce":
+        config = launcher.LaunchConfig(script=None, module="hvd_keras._bench_allreduce",
+                                       script_args=(args.output, str(args.repeats)), np=args.np,
+                                       hosts=args.hosts, controller=args.controller)
+        try:
+            return launcher.run(config)
+        except (launcher.LaunchError, RuntimeError) as e:
+            print(f"hvd-keras: error: {e}", file=sys.stderr)
+            return 2
     config = launcher.LaunchConfig(
         script=args.script, script_args=tuple(args.script_args), np=args.np, hosts=args.hosts,
         hostfile=args.hostfile, controller=args.controller, slurm=args.slurm or "auto", gpus=args.gpus,

@@ -44,6 +44,7 @@ class LaunchConfig:
     slurm: str = "auto"        # "auto", "force" or "off"
     gpus: bool = False
     dry_run: bool = False
+    module: str = None         # run `python -m module` instead of a script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ def read_hostfile(path):
 def plan(config, environ=None):
     """Decides hosts and the number of processes; raises LaunchError with the fix."""
     environ = os.environ if environ is None else environ
-    if not os.path.isfile(config.script):
+    if config.module is None and not os.path.isfile(config.script):
         raise LaunchError(f"script {config.script!r} does not exist. HINT: check the path of the training script.")
     slurm = SLURMEnvironment(environ)
     if config.hosts:
@@ -180,7 +181,8 @@ def build_command(config, the_plan, python=None):
     cmd = ["horovodrun", "-np", str(the_plan.np), "-H", format_hosts(the_plan.hosts)]
     if config.controller:
         cmd.append(f"--{config.controller}")
-    cmd += [python or sys.executable, config.script, *config.script_args]
+    program = ["-m", config.module] if config.module else [config.script]
+    cmd += [python or sys.executable, *program, *config.script_args]
     return cmd
 
 
@@ -216,4 +218,14 @@ def run(config, environ=None):
     if config.dry_run:
         print(describe(cmd, env))
         return 0
-    return subprocess.call(cmd, env={**environ, **env})
+    return subprocess.call(cmd, env=_with_venv_path({**environ, **env}))
+
+
+def _with_venv_path(env):
+    # `.venv/bin/hvd-keras` works without activating the venv: horovodrun
+    # lives next to this interpreter.
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    if os.path.exists(os.path.join(bindir, "horovodrun")) and bindir not in path.split(os.pathsep):
+        env["PATH"] = bindir + (os.pathsep + path if path else "")
+    return env

@@ -19,12 +19,15 @@ class Throughput(keras.callbacks.Callback):
     added only while this callback is used; not available, and reported as
     None, under `tf.config.experimental.enable_op_determinism()`). Given the samples per second of
     a single-rank run, it also reports the scaling efficiency,
-    `global / (size * baseline)`.
+    `global / (size * baseline)`; given a scaling plan (`hvd_keras.plan`),
+    the efficiency it predicted at this size next to the measured one (the
+    plan's one-rank samples/s is then the baseline unless one is given).
 
     Args:
         batch_size: samples per step on each rank.
         path: JSON file for the results (written by rank 0), or None.
         baseline_samples_per_sec: single-rank throughput, or None.
+        plan: a `hvd_keras.planner.ScalingPlan`, or None.
 
     Example:
 
@@ -33,10 +36,13 @@ class Throughput(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, batch_size, path=None, baseline_samples_per_sec=None):
+    def __init__(self, batch_size, path=None, baseline_samples_per_sec=None, plan=None):
         super().__init__()
         self.batch_size = int(batch_size)
         self.path = path
+        self.plan = plan
+        if baseline_samples_per_sec is None and plan is not None:
+            baseline_samples_per_sec = plan.at(1).samples_per_sec
         self.baseline = baseline_samples_per_sec
         self.epochs = []
 
@@ -71,6 +77,8 @@ class Throughput(keras.callbacks.Callback):
         }
         if self.baseline:
             record["scaling_efficiency"] = record["global_samples_per_sec"] / (size() * self.baseline)
+        if self.plan is not None:
+            record["predicted_scaling_efficiency"] = self.plan.at(size()).efficiency
         self.epochs.append(record)
         if is_chief():
             line = (f"throughput epoch {epoch + 1}: {record['global_samples_per_sec']:.0f} samples/s, step "
@@ -78,6 +86,8 @@ class Throughput(keras.callbacks.Callback):
                     + "/".join("n/a" if s is None else f"{s:.0%}" for s in record["allreduce_share_per_rank"]))
             if self.baseline:
                 line += f", scaling efficiency {record['scaling_efficiency']:.0%}"
+            if self.plan is not None:
+                line += f" (predicted {record['predicted_scaling_efficiency']:.0%})"
             print(line, flush=True)
             if self.path:
                 from hvd_keras.checkpoint import write_json_atomic

@@ -1,0 +1,289 @@
+"""Scaling planner: predicted step time, samples/s and efficiency of ring-allreduce data parallelism.
+
+Inputs: a `Profile` of the model on one process (compute time of one step at
+the per-rank batch, bytes of gradients per step) and a `Link` (the allreduce
+cost on the hosts, from `measure_allreduce` or from published figures).
+Model of one step at N ranks:
+
+    step(N) = compute + allreduce(bytes, N) - min(overlap * allreduce(bytes, N), compute)
+    allreduce(bytes, N) = 2 (N - 1) / N * bytes / bandwidth + 2 (N - 1) * latency
+
+Assumptions, stated once: the gradients travel as one fused buffer (Horovod's
+tensor fusion; hvd_keras sends one grouped allreduce per step) through a ring
+whose slowest link has `bandwidth`; `overlap` is the share of the allreduce
+time hidden behind compute. hvd_keras reduces after the backward pass, so its
+overlap is 0; Horovod's TF1 graph mode started each gradient's allreduce as
+soon as the gradient was computed, which hides part of it behind the rest of
+the backward pass (about half is the planner's assumption for that mode; it
+is not measured here). Per-rank batch fixed (weak scaling): efficiency(N) =
+step(1) / step(N).
+"""
+
+import dataclasses
+import json
+import statistics
+import time
+
+#: Sizes a plan reports by default: powers of two up to 512 ranks.
+DEFAULT_SIZES = tuple(2 ** k for k in range(10))
+
+
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """The allreduce cost of a set of hosts: per-step latency (s) and bus bandwidth (bytes/s)."""
+
+    latency: float
+    bandwidth: float
+    source: str = ""
+
+    def __post_init__(self):
+        if not (self.latency >= 0 and self.bandwidth > 0):
+            raise ValueError(f"Link needs latency >= 0 and bandwidth > 0. Received: latency={self.latency}, "
+                             f"bandwidth={self.bandwidth}. HINT: give seconds and bytes per second.")
+
+    @classmethod
+    def from_figures(cls, latency_us, gbit_per_s, source="given figures"):
+        """A link from published figures: latency in microseconds, bandwidth in Gbit/s."""
+        return cls(latency_us * 1e-6, gbit_per_s * 1e9 / 8, source)
+
+    @classmethod
+    def fit(cls, points, n, source="measured"):
+        """Least-squares fit of `allreduce_seconds` to measured `(bytes, seconds)` points at `n` ranks."""
+        if n < 2 or len(points) < 2:
+            raise ValueError(f"Link.fit needs n >= 2 and 2 or more points. Received: n={n}, "
+                             f"{len(points)} points. HINT: measure several message sizes on 2 or more ranks.")
+        xs = [b for b, _ in points]
+        ys = [t for _, t in points]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        intercept = my - slope * mx
+        if slope <= 0:
+            raise ValueError(f"the measured allreduce times do not grow with the message size ({points}). "
+                             "HINT: measure larger messages (up to tens of MB) or more repeats.")
+        return cls(max(intercept, 0.0) / (2 * (n - 1)), 2 * (n - 1) / n / slope, source)
+
+    def allreduce_seconds(self, nbytes, n):
+        """Time of one ring allreduce of `nbytes` over `n` ranks (0 at one rank: nothing is sent)."""
+        if n <= 1:
+            return 0.0
+        return 2 * (n - 1) / n * nbytes / self.bandwidth + 2 * (n - 1) * self.latency
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One process's step: compute seconds at `batch_size` samples, gradient bytes sent per step."""
+
+    step_seconds: float
+    gradient_bytes: int
+    batch_size: int
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The predicted figures at `n` ranks."""
+
+    n: int
+    step_seconds: float
+    allreduce_seconds: float
+    samples_per_sec: float
+    efficiency: float
+
+
+class ScalingPlan(list):
+    """The predictions for several sizes, as a list; `str(plan)` is the table."""
+
+    def __init__(self, predictions, profile, link, overlap):
+        super().__init__(predictions)
+        self.profile, self.link, self.overlap = profile, link, overlap
+
+    def at(self, n):
+        """The prediction at `n` ranks (computed if `n` is not in the table)."""
+        for p in self:
+            if p.n == n:
+                return p
+        return predict_one(self.profile, self.link, n, self.overlap)
+
+    def __str__(self):
+        p, link = self.profile, self.link
+        head = (f"model: {p.step_seconds * 1e3:.2f} ms compute per step at batch {p.batch_size} per rank, "
+                f"{p.gradient_bytes / 1e6:.2f} MB of gradients; link: latency {link.latency * 1e6:.1f} us, "
+                f"bandwidth {link.bandwidth * 8 / 1e9:.2f} Gbit/s ({link.source}); overlap {self.overlap:.2f}")
+        rows = [head, f"{'ranks':>6} {'step ms':>10} {'allreduce ms':>13} {'samples/s':>12} {'efficiency':>11}"]
+        rows += [f"{q.n:>6} {q.step_seconds * 1e3:>10.2f} {q.allreduce_seconds * 1e3:>13.2f} "
+                 f"{q.samples_per_sec:>12.0f} {q.efficiency:>10.0%}" for q in self]
+        return "\n".join(rows)
+
+
+def predict_one(profile, link, n, overlap=0.0):
+    """The `Prediction` at `n` ranks."""
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"overlap must be in [0, 1]. Received: overlap={overlap}. "
+                         "HINT: 0 for hvd_keras (allreduce after the backward pass).")
+    compute = profile.step_seconds
+    allreduce = link.allreduce_seconds(profile.gradient_bytes, n)
+    step = compute + allreduce - min(overlap * allreduce, compute)
+    return Prediction(n, step, allreduce, n * profile.batch_size / step, compute / step)
+
+
+def predict(profile, link, sizes=DEFAULT_SIZES, overlap=0.0):
+    """A `ScalingPlan`: the predictions for every size in `sizes`."""
+    return ScalingPlan([predict_one(profile, link, int(n), overlap) for n in sizes], profile, link, overlap)
+
+
+def gradient_bytes(model, bytes_per_value=None):
+    """Bytes of gradients one step sends: every trainable weight, in its variable's dtype.
+
+    `bytes_per_value=2` models fp16 compression (`Compression.fp16`).
+    """
+    import numpy as np
+
+    total = 0
+    for v in model.trainable_weights:
+        size = int(np.prod(v.shape))
+        total += size * (bytes_per_value or np.dtype(v.dtype).itemsize)
+    return total
+
+
+def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
+    """Profiles one training step of a compiled `model` on this process; its weights are restored.
+
+    Run it on one process. One batch of `x`, `y` is repeated through `fit`
+    (so the time is `fit`'s per step, its callbacks and loop included):
+    `warmup` steps (tracing) in a first epoch, then the mean of `steps` timed
+    steps. Weights and optimizer state are put back afterwards.
+
+    Example:
+
+    ```python
+    prof = hvd_keras.planner.profile(model, x, y, batch_size=64)
+    prof.save("prof.json")  # for `hvd-keras plan --profile prof.json --link link.json`
+    ```
+    """
+    from hvd_keras._horovod import keras, tf
+
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError("profile needs a compiled model. HINT: call model.compile(...) first.")
+    xb, yb = x[:batch_size], y[:batch_size]
+    if len(xb) < batch_size:
+        raise ValueError(f"profile needs one full batch. Received: {len(xb)} samples for "
+                         f"batch_size={batch_size}. HINT: pass at least batch_size samples.")
+    batches = tf.data.Dataset.from_tensors((xb, yb)).repeat()
+    if not model.built:
+        model(xb[:1])
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    weights = model.get_weights()
+    opt_vars = [v.numpy() for v in model.optimizer.variables]
+    model.fit(batches, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
+    times = {}
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            times["start"] = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times["end"] = time.perf_counter()
+
+    model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[Timer()])
+    model.set_weights(weights)
+    for v, value in zip(model.optimizer.variables, opt_vars):
+        v.assign(value)
+    return Profile((times["end"] - times["start"]) / steps, gradient_bytes(model, bytes_per_value),
+                   int(batch_size))
+
+
+def measure_allreduce(sizes_bytes=(4 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20), repeats=10):
+    """Times one fused allreduce per message size on every rank of this job; returns `(n, points)`.
+
+    Runs under a launch (`hvd-keras bench-allreduce` does it); the timed
+    function is compiled, like the train step's allreduce, and its time
+    includes Horovod's negotiation.
+    """
+    from hvd_keras._horovod import hvd, tf
+    from hvd_keras.runtime import barrier, init, size
+
+    init()
+
+    @tf.function
+    def reduce(t):
+        return hvd.grouped_allreduce([t], op=hvd.Average)[0]
+
+    points = []
+    for nbytes in sizes_bytes:
+        t = tf.ones([max(int(nbytes) // 4, 1)], tf.float32)
+        for _ in range(3):
+            reduce(t)
+        barrier(f"hvd_keras.bench.{nbytes}")
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            reduce(t).numpy()
+            times.append(time.perf_counter() - start)
+        points.append((int(nbytes), statistics.median(times)))
+    return size(), points
+
+
+def plan(model=None, x=None, y=None, batch_size=None, link=None, profile_=None, sizes=DEFAULT_SIZES,
+         overlap=0.0):
+    """Predicts step time, samples/s and scaling efficiency of `model` at several numbers of ranks.
+
+    Args:
+        model: a compiled Keras model, profiled on one batch of `x`, `y`
+            (or pass `profile_`, a `Profile`, instead of the four).
+        x, y: at least `batch_size` samples.
+        batch_size: samples per step on each rank.
+        link: a `Link` (`Link.load("link.json")` from `hvd-keras bench-allreduce`,
+            or `Link.from_figures(latency_us, gbit_per_s)`).
+        sizes: the numbers of ranks in the table.
+        overlap: share of the allreduce hidden behind compute (0 for hvd_keras).
+
+    Example:
+
+    ```python
+    link = hvd_keras.planner.Link.from_figures(latency_us=10, gbit_per_s=25)
+    print(hvd_keras.plan(model, x, y, batch_size=64, link=link))
+    ```
+    """
+    if link is None:
+        raise ValueError("plan needs a link. HINT: run `hvd-keras bench-allreduce -np 2 -o link.json` and pass "
+                         "link=Link.load('link.json'), or Link.from_figures(latency_us, gbit_per_s).")
+    if profile_ is None:
+        if model is None or x is None or y is None or batch_size is None:
+            raise ValueError("plan needs model, x, y and batch_size (or profile_). HINT: "
+                             "hvd_keras.plan(model, x, y, batch_size=64, link=link).")
+        profile_ = profile(model, x, y, batch_size)
+    return predict(profile_, link, sizes, overlap)
+
+
+def measure_main(argv):
+    """`measure_allreduce` on every rank; rank 0 fits the link, saves it to `argv[0]` and prints it."""
+    from hvd_keras.runtime import is_chief
+
+    n, points = measure_allreduce(repeats=int(argv[1]) if len(argv) > 1 else 10)
+    if is_chief():
+        link = Link.fit(points, n, source=f"measured at {n} ranks")
+        link.save(argv[0])
+        for nbytes, seconds in points:
+            print(f"allreduce {nbytes / 1e6:10.3f} MB  {seconds * 1e3:9.3f} ms  "
+                  f"(fit {link.allreduce_seconds(nbytes, n) * 1e3:9.3f} ms)", flush=True)
+        print(f"link: latency {link.latency * 1e6:.1f} us, bandwidth {link.bandwidth * 8 / 1e9:.2f} Gbit/s "
+              f"-> {argv[0]}", flush=True)
+
