@@ -80,7 +80,8 @@ def run_ranks(np_, script, args, controller="gloo", env=None, launcher_args=()):
     if proc.returncode != 0 or not result:
         sys.exit(f"benchmark failed ({proc.returncode}): {' '.join(cmd)}\n"
                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(result[0])
+    # raw_decode: under MPI another rank's output can follow on the same line.
+    return json.JSONDecoder().raw_decode(result[0])[0]
 
 
 def report(result):
