@@ -28,8 +28,21 @@ import time
 DEFAULT_SIZES = tuple(2 ** k for k in range(10))
 
 
+class _JsonFile:
+    """Saving and loading a dataclass of plain fields as JSON."""
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
 @dataclasses.dataclass(frozen=True)
-class Link:
+class Link(_JsonFile):
     """The allreduce cost of a set of hosts: per-step latency (s) and bus bandwidth (bytes/s)."""
 
     latency: float
@@ -68,32 +81,14 @@ class Link:
             return 0.0
         return 2 * (n - 1) / n * nbytes / self.bandwidth + 2 * (n - 1) * self.latency
 
-    def save(self, path):
-        with open(path, "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=1)
-
-    @classmethod
-    def load(cls, path):
-        with open(path) as f:
-            return cls(**json.load(f))
-
 
 @dataclasses.dataclass(frozen=True)
-class Profile:
+class Profile(_JsonFile):
     """One process's step: compute seconds at `batch_size` samples, gradient bytes sent per step."""
 
     step_seconds: float
     gradient_bytes: int
     batch_size: int
-
-    def save(self, path):
-        with open(path, "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=1)
-
-    @classmethod
-    def load(cls, path):
-        with open(path) as f:
-            return cls(**json.load(f))
 
 
 @dataclasses.dataclass(frozen=True)
