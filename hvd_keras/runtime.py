@@ -4,6 +4,7 @@ import os
 import socket
 
 from hvd_keras import placement
+from hvd_keras.launcher import RECOMMENDED_ENV
 from hvd_keras._horovod import hvd, tf
 
 _state = {}
@@ -42,12 +43,12 @@ def init(comm=None):
     """
     if hvd.is_initialized() and "placement" in _state:
         return
-    # A rank that never reaches a collective (a bug, a rank-only branch)
-    # would leave the others waiting forever: Horovod names the missing
-    # ranks after a minute and, with this, shuts the job down instead of
-    # hanging. Long enough for a rank-0 checkpoint of a large model.
-    os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", "60")
-    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "600")
+    # Horovod and OpenMPI read these when `hvd.init()` starts them; the
+    # user's own values win. Among them: a rank that never reaches a
+    # collective (a bug, a rank-only branch) would leave the others waiting
+    # forever, so Horovod names the missing ranks after a minute and shuts
+    # the job down instead of hanging.
+    apply_recommended_env(os.environ)
     if not hvd.is_initialized():
         hvd.init() if comm is None else hvd.init(comm=comm)
     # No collective here: it would run a TensorFlow op and so freeze
@@ -56,6 +57,12 @@ def init(comm=None):
     # runs anyway (broadcast.check_same_structure, before the first step).
     _state["placement"] = pin_gpu(tf.config, socket.gethostname(), hvd.rank(), hvd.local_rank(),
                                   hvd.local_size())
+
+
+def apply_recommended_env(environ):
+    """Sets each of `launcher.RECOMMENDED_ENV` in `environ` that is not set there yet."""
+    for key, value in RECOMMENDED_ENV.items():
+        environ.setdefault(key, value)
 
 
 def this_placement():

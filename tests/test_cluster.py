@@ -102,6 +102,19 @@ def test_recommended_env_respects_what_the_user_set(script):
     assert env["HOROVOD_FUSION_THRESHOLD"] == str(128 * 1024 * 1024)
 
 
+def test_init_applies_the_launch_defaults_under_any_launcher():
+    # horovodrun, mpirun and srun launches never pass through hvd-keras run:
+    # hvd_keras.init() sets the same defaults before Horovod and MPI start.
+    from hvd_keras import runtime
+
+    environ = {"OMPI_MCA_mpi_yield_when_idle": "0"}
+    runtime.apply_recommended_env(environ)
+    assert environ["OMPI_MCA_mpi_yield_when_idle"] == "0"  # the user's value wins
+    assert environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "600"
+    assert {k: environ[k] for k in launcher.RECOMMENDED_ENV if k != "OMPI_MCA_mpi_yield_when_idle"} == {
+        k: v for k, v in launcher.RECOMMENDED_ENV.items() if k != "OMPI_MCA_mpi_yield_when_idle"}
+
+
 @pytest.mark.parametrize("argv,match", [
     (["run", "-np", "2", "missing.py"], "does not exist"),
     (["run", "-np", "9", "-H", "a:4,b:4", "{script}"], "more than the 8 slots"),
