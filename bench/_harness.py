@@ -76,12 +76,20 @@ def run_ranks(np_, script, args, controller="gloo", env=None, launcher_args=()):
         cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(np_),
                f"--{controller}", *launcher_args, sys.executable, script, "--worker", *args]
     proc = subprocess.run(cmd, env=env or worker_env(), capture_output=True, text=True)
-    result = [line.split("RESULT ", 1)[1] for line in proc.stdout.splitlines() if "RESULT " in line]
-    if proc.returncode != 0 or not result:
+    result = read_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         sys.exit(f"benchmark failed ({proc.returncode}): {' '.join(cmd)}\n"
                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    # raw_decode: under MPI another rank's output can follow on the same line.
-    return json.JSONDecoder().raw_decode(result[0])[0]
+    return result
+
+
+def read_result(text):
+    """The first RESULT a worker printed in `text`, or None."""
+    for line in text.splitlines():
+        if "RESULT " in line:
+            # raw_decode: under MPI another rank's output can follow on the same line.
+            return json.JSONDecoder().raw_decode(line.split("RESULT ", 1)[1])[0]
+    return None
 
 
 def report(result):
@@ -100,3 +108,23 @@ def pin_to_core(local_rank):
             os.sched_setaffinity(int(task), core)
         except OSError:  # a thread that ended meanwhile
             pass
+
+
+def machine_line():
+    """Date, CPU and versions, for a result table's caption."""
+    from importlib import metadata
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = []
+    for package in ("tensorflow", "tensorflow-cpu", "keras", "horovod"):
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return (f"{time.strftime('%Y-%m-%d')}, {cpu}, {len(os.sched_getaffinity(0))} cores, "
+            f"Python {sys.version.split()[0]}, {', '.join(versions)}")

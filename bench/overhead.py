@@ -17,7 +17,9 @@ Variants:
   and, timed on a trivial step, what returning the flags adds to the step);
 - `loop`: what Horovod's documentation asks users to write: a `tf.function`
   step with a `GradientTape`, one `hvd.grouped_allreduce` of the gradients,
-  and `optimizer.apply`; at `--np 1` the same without the allreduce.
+  and `optimizer.apply`; at `--np 1` the same without the allreduce;
+- `keras fit` (at `--np 1` only): plain Keras `fit` with the bare optimizer,
+  against which hvd_keras's `fit` at size 1 must cost nothing.
 """
 
 import argparse
@@ -99,10 +101,13 @@ def worker(args):
 
     timer = _harness.epoch_timer(keras)
 
-    def make_fit(extra_callbacks):
+    def make_fit(extra_callbacks, distributed=True):
         model = make_model()
-        model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.01)), loss=loss_fn)
-        hvd_keras.broadcast_state(model)
+        optimizer = keras.optimizers.SGD(0.01)
+        model.compile(optimizer=hvd_keras.DistributedOptimizer(optimizer) if distributed else optimizer,
+                      loss=loss_fn)
+        if distributed:
+            hvd_keras.broadcast_state(model)
 
         def run():
             model.fit(xs, ys, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
@@ -155,8 +160,11 @@ def worker(args):
                 per_call[function].append((time.perf_counter() - start) / calls)
         return 1e6 * (sorted(per_call[returning])[rounds // 2] - sorted(per_call[plain])[rounds // 2])
 
-    variants = {"fit": make_fit([TimedAgreement()]), "fit, no agreement": make_fit([NoAgreement()]),
-                "loop": run_loop}
+    if hvd_keras.size() > 1:
+        variants = {"fit": make_fit([TimedAgreement()]), "fit, no agreement": make_fit([NoAgreement()]),
+                    "loop": run_loop}
+    else:  # as users run it at size 1: hvd_keras adds no callback there
+        variants = {"fit": make_fit([]), "keras fit": make_fit([], distributed=False), "loop": run_loop}
     for run in variants.values():
         run()  # trace and warm up
     TimedAgreement.seconds, TimedAgreement.steps = {}, 0
@@ -180,6 +188,11 @@ def main(args):
     for name, values in results.items():
         print(f"  {name:<22} steps/s {_harness.fmt(values, 1)}")
     print(f"  fit / loop             {_harness.fmt(_harness.ratios(results['fit'], results['loop']), 3)}")
+    if "keras fit" in results:
+        print(f"  fit / keras fit        {_harness.fmt(_harness.ratios(results['fit'], results['keras fit']), 3)}"
+              " (plain Keras: no hvd_keras optimizer, nothing sent at size 1)")
+    if "fit, no agreement" not in results:
+        return
     agreement = _harness.ratios(results["fit"], results["fit, no agreement"])
     print(f"  agreement A/B          {_harness.fmt([1 - r for r in agreement], 4)} of fit's step rate "
           "(1 - fit / fit without agreement; within the noise unless it exceeds the spread)")

@@ -210,9 +210,9 @@ def launch(system, name, pin=True):
             return {"error": "timed out after 900 s"}
         outputs.append((proc.returncode, out, err))
     for code, out, _ in outputs:
-        for line in out.splitlines():
-            if "RESULT " in line:
-                return json.loads(line.split("RESULT ", 1)[1])
+        result = _harness.read_result(out)
+        if result is not None:
+            return result
     text = outputs[0][2] + outputs[0][1]
     if "No module named 'tf_keras'" in text:
         return {"error": "needs the tf_keras package matching TensorFlow (pip install tf_keras~=<TF version>)"}
@@ -226,6 +226,7 @@ def main(args):
     if unknown:
         sys.exit(f"peers.py: unknown {unknown}. Expected systems from {SYSTEMS} and models from {list(SETTINGS)}.")
     started = time.time()
+    print(_harness.machine_line())
     for name in models:
         samples = {s: [] for s in systems}
         errors = {}
