@@ -17,17 +17,23 @@ setup:
 setup-test:
 	bash tools/bootstrap.sh --with-slurm
 
-# The main job: the digits example on $(NP) processes.
-# A fresh output directory each time: run the script by hand to see it resume.
+# The main job: the digits example on $(NP) processes, through hvd-keras run
+# (its recommended settings) on MPI, the faster CPU controller measured in
+# bench/peers.py. A fresh output directory each time: run the script by hand
+# to see it resume.
 run: setup
 	rm -rf runs/make-run
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(HOROVODRUN) -np $(NP) --gloo $(PYTHON) examples/train_digits.py --output runs/make-run
+	.venv/bin/hvd-keras run -np $(NP) --mpi examples/train_digits.py --output runs/make-run
 
 test: setup-test
 	$(PYTHON) -m pytest tests
 
+# tf_keras (Apache-2.0), matching TensorFlow: bench/peers.py measures Horovod's
+# own Keras layer, which runs only on tf.keras (TF_USE_LEGACY_KERAS=1).
 bench: setup
-	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/overhead.py
+	$(PYTHON) -m pip install -q --no-deps "tf_keras~=$$(TF_CPP_MIN_LOG_LEVEL=3 $(PYTHON) -c 'import tensorflow as tf; print(tf.__version__)')"
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/overhead.py --controller mpi
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/peers.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/resnet.py
 
 # Proves the GPU (NCCL) build of horovod on any machine, GPU or not: a venv of

@@ -12,7 +12,8 @@ Systems: plain Keras in 1 process; hvd_keras on 2 ranks over Gloo and over
 MPI; `tf.distribute.MirroredStrategy` over 2 logical CPU devices in one
 process; `tf.distribute.MultiWorkerMirroredStrategy` with 2 local workers
 (`TF_CONFIG`); Horovod's own `horovod.tensorflow.keras` on `tf_keras` with
-`TF_USE_LEGACY_KERAS=1` (needs the `tf_keras` package matching TensorFlow).
+`TF_USE_LEGACY_KERAS=1`, over Gloo and over MPI, with Horovod's defaults
+(needs the `tf_keras` package matching TensorFlow; `make bench` installs it).
 A system that fails is listed with its error line. Every round launches every
 system once, the order reversed every other round; samples/s are medians with
 min-max, and scaling efficiency is a 2-process system's samples/s over plain
@@ -33,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
 
-SYSTEMS = ["keras", "hvd-gloo", "hvd-mpi", "mirrored", "multi-worker", "horovod-tf-keras"]
+SYSTEMS = ["keras", "hvd-gloo", "hvd-mpi", "mirrored", "multi-worker", "horovod-gloo", "horovod-mpi"]
 SETTINGS = {"mlp": {"global_batch": 128, "steps": 400, "warmup": 50},
             "cnn": {"global_batch": 64, "steps": 30, "warmup": 5}}
 
@@ -92,7 +93,7 @@ def _pin(local_rank):
 def worker(system, name):
     settings = SETTINGS[name]
     gb, steps = settings["global_batch"], settings["steps"]
-    if system == "horovod-tf-keras":
+    if system.startswith("horovod-"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import numpy as np
     import tensorflow as tf
@@ -115,7 +116,7 @@ def worker(system, name):
         if hvd_keras.is_chief():
             _harness.report({"samples_per_sec": value})
         return
-    if system == "horovod-tf-keras":
+    if system.startswith("horovod-"):
         import horovod.tensorflow.keras as hvd
         import tf_keras as keras
 
@@ -196,7 +197,7 @@ def launch(system, name, pin=True):
                                       {"cluster": cluster, "task": {"type": "worker", "index": i}})))
                  for i in range(2)]
     else:
-        controller = "--mpi" if system == "hvd-mpi" else "--gloo"
+        controller = "--mpi" if system.endswith("-mpi") else "--gloo"
         horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
         procs = [subprocess.Popen([horovodrun, "-np", "2", controller, sys.executable, *args], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
@@ -214,7 +215,7 @@ def launch(system, name, pin=True):
         if result is not None:
             return result
     text = outputs[0][2] + outputs[0][1]
-    if "No module named 'tf_keras'" in text:
+    if "No module named 'tf_keras'" in text or "Keras cannot be imported" in text:
         return {"error": "needs the tf_keras package matching TensorFlow (pip install tf_keras~=<TF version>)"}
     return {"error": _error_line(text)}
 
