@@ -7,7 +7,7 @@ and max. Each rank is pinned to its own core (`--no-pin` to leave placement
 to the kernel) and runs one TensorFlow thread, and the first epoch of each
 variant (tracing) is excluded.
 
-    .venv/bin/python bench/overhead.py [--np 2] [--rounds 15] [--steps 200] [--controller gloo|mpi]
+    .venv/bin/python bench/overhead.py [--np 2] [--rounds 15] [--steps 200] [--controller mpi|gloo]
 
 Variants:
 - `fit`: `model.fit` with `hvd_keras.DistributedOptimizer`, as users run it
@@ -37,7 +37,7 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
-    p.add_argument("--controller", choices=["gloo", "mpi"], default="gloo")
+    p.add_argument("--controller", choices=["gloo", "mpi"], default="mpi")
     p.add_argument("--no-pin", action="store_true", help="do not pin each rank to a core")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
