@@ -141,8 +141,11 @@ def test_cli_malformed_slurm_node_list_without_scontrol(script, capsys, monkeypa
 
 
 def test_cli_dry_run_prints_the_command(script, capsys, monkeypatch):
+    for key in launcher.RECOMMENDED_ENV:  # an earlier hvd_keras.init() in this process set them
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2")
     assert cli.main(["run", "-np", "2", "--gloo", "--dry-run", script, "--epochs", "3"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("HOROVOD_FUSION_THRESHOLD=134217728 ") and "HOROVOD_CYCLE_TIME" not in line
+    assert "OMPI_MCA_mpi_yield_when_idle=1 " in line
     assert line.endswith(f"horovodrun -np 2 -H localhost:2 --gloo {os.sys.executable} {script} --epochs 3")
