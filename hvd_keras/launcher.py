@@ -23,19 +23,32 @@ from hvd_keras.cluster import slurm as slurm_vars
 # background thread negotiates with the other ranks every cycle, and OpenMPI
 # busy-polls while it waits, taking the core from the rank's own compute
 # (measured: 35-50% of a pinned rank's CPU time; a compute-bound CNN step
-# 128 ms instead of 80 ms at 2 ranks); yielding gives the core back. OpenMPI
+# 128 ms instead of 84 ms at 2 ranks); yielding gives the core back. OpenMPI
 # only turns it on by itself when there are more processes than cores,
 # which misses the threads of a rank.
 RECOMMENDED_ENV = {
     "HOROVOD_FUSION_THRESHOLD": str(128 * 1024 * 1024),
-    "HOROVOD_CYCLE_TIME": "1",
     "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
     "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
     "OMPI_MCA_mpi_yield_when_idle": "1",
 }
+# Horovod's negotiation cycle. On CPUs a gradient waits for the next cycle
+# after the backward pass, which a communication-bound model pays every step:
+# 0.2 ms measured 1.17x the samples/s of 1 ms (median of 6 interleaved pairs,
+# 2 ranks, bench/peers.py mlp) and the same on the compute-bound CNN. On GPUs
+# Horovod's 1 ms stays: across many nodes every cycle is a collective.
+RECOMMENDED_CPU_ENV = {
+    "HOROVOD_CYCLE_TIME": "0.2",
+}
 RECOMMENDED_GPU_ENV = {
+    "HOROVOD_CYCLE_TIME": "1",
     "NCCL_DEBUG": "WARN",
 }
+
+
+def recommended_env(gpus):
+    """The settings hvd_keras recommends for a job on GPUs (`gpus=True`) or on CPUs."""
+    return {**RECOMMENDED_ENV, **(RECOMMENDED_GPU_ENV if gpus else RECOMMENDED_CPU_ENV)}
 
 
 class LaunchError(ValueError):
@@ -181,8 +194,8 @@ def format_hosts(hosts):
 def launch_env(config, environ=None):
     """The variables the launch adds: the recommended ones the user has not set."""
     environ = os.environ if environ is None else environ
-    wanted = dict(RECOMMENDED_ENV, **(RECOMMENDED_GPU_ENV if config.gpus else {}))
-    return {k: v for k, v in wanted.items() if k not in environ}
+    gpus = config.gpus or bool(placement.visible_gpu_count(environ))
+    return {k: v for k, v in recommended_env(gpus).items() if k not in environ}
 
 
 def build_command(config, the_plan, python=None):

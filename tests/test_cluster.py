@@ -108,11 +108,21 @@ def test_init_applies_the_launch_defaults_under_any_launcher():
     from hvd_keras import runtime
 
     environ = {"OMPI_MCA_mpi_yield_when_idle": "0"}
-    runtime.apply_recommended_env(environ)
+    runtime.apply_recommended_env(environ, gpus=False)
     assert environ["OMPI_MCA_mpi_yield_when_idle"] == "0"  # the user's value wins
     assert environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "600"
-    assert {k: environ[k] for k in launcher.RECOMMENDED_ENV if k != "OMPI_MCA_mpi_yield_when_idle"} == {
-        k: v for k, v in launcher.RECOMMENDED_ENV.items() if k != "OMPI_MCA_mpi_yield_when_idle"}
+    assert environ["HOROVOD_CYCLE_TIME"] == "0.2" and "NCCL_DEBUG" not in environ
+    on_gpus = {}
+    runtime.apply_recommended_env(on_gpus, gpus=True)
+    assert on_gpus["HOROVOD_CYCLE_TIME"] == "1" and on_gpus["NCCL_DEBUG"] == "WARN"
+    assert on_gpus["OMPI_MCA_mpi_yield_when_idle"] == "1"
+
+
+def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script):
+    config = launcher.LaunchConfig(script=script, np=2)
+    on_gpus = launcher.launch_env(config, environ={"CUDA_VISIBLE_DEVICES": "0,1"})
+    on_cpus = launcher.launch_env(config, environ={"CUDA_VISIBLE_DEVICES": ""})
+    assert on_gpus["HOROVOD_CYCLE_TIME"] == "1" and on_cpus["HOROVOD_CYCLE_TIME"] == "0.2"
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -141,7 +151,7 @@ def test_cli_malformed_slurm_node_list_without_scontrol(script, capsys, monkeypa
 
 
 def test_cli_dry_run_prints_the_command(script, capsys, monkeypatch):
-    for key in launcher.RECOMMENDED_ENV:  # an earlier hvd_keras.init() in this process set them
+    for key in launcher.recommended_env(gpus=True):  # an earlier hvd_keras.init() in this process set them
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2")
     assert cli.main(["run", "-np", "2", "--gloo", "--dry-run", script, "--epochs", "3"]) == 0
