@@ -121,7 +121,7 @@ def machine_line():
     except (OSError, StopIteration):
         pass
     versions = []
-    for package in ("tensorflow", "tensorflow-cpu", "keras", "horovod"):
+    for package in ("tensorflow", "tensorflow-cpu", "keras", "tf_keras", "horovod"):
         try:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
