@@ -31,7 +31,7 @@ test: setup-test
 # tf_keras (Apache-2.0), matching TensorFlow: bench/peers.py measures Horovod's
 # own Keras layer, which runs only on tf.keras (TF_USE_LEGACY_KERAS=1).
 bench: setup
-	$(PYTHON) -m pip install -q --no-deps "tf_keras~=$$(TF_CPP_MIN_LOG_LEVEL=3 $(PYTHON) -c 'import tensorflow as tf; print(tf.__version__)')"
+	-$(PYTHON) -m pip install -q --no-deps "tf_keras~=$$(TF_CPP_MIN_LOG_LEVEL=3 $(PYTHON) -c 'import tensorflow as tf; print(tf.__version__)')"
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/overhead.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/peers.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/resnet.py

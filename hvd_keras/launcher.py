@@ -194,8 +194,14 @@ def format_hosts(hosts):
 def launch_env(config, environ=None):
     """The variables the launch adds: the recommended ones the user has not set."""
     environ = os.environ if environ is None else environ
-    gpus = config.gpus or bool(placement.visible_gpu_count(environ))
-    return {k: v for k, v in recommended_env(gpus).items() if k not in environ}
+    count = None if config.gpus else placement.visible_gpu_count(environ)
+    if config.gpus or count:
+        wanted = recommended_env(gpus=True)
+    elif count == 0:
+        wanted = recommended_env(gpus=False)
+    else:  # cannot tell from here (no nvidia-smi; remote hosts): each rank's init() decides
+        wanted = RECOMMENDED_ENV
+    return {k: v for k, v in wanted.items() if k not in environ}
 
 
 def build_command(config, the_plan, python=None):

@@ -74,3 +74,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(params=["gloo", "mpi"])
 def controller(request):
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _restore_recommended_env():
+    # An in-process hvd_keras.init() (a test's fit) sets the recommended
+    # variables in os.environ; later tests must see the environment they set up.
+    from hvd_keras.launcher import recommended_env
+
+    keys = set(recommended_env(gpus=True)) | set(recommended_env(gpus=False))
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -118,11 +118,16 @@ def test_init_applies_the_launch_defaults_under_any_launcher():
     assert on_gpus["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
-def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script):
+def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script, monkeypatch):
     config = launcher.LaunchConfig(script=script, np=2)
     on_gpus = launcher.launch_env(config, environ={"CUDA_VISIBLE_DEVICES": "0,1"})
     on_cpus = launcher.launch_env(config, environ={"CUDA_VISIBLE_DEVICES": ""})
     assert on_gpus["HOROVOD_CYCLE_TIME"] == "1" and on_cpus["HOROVOD_CYCLE_TIME"] == "0.2"
+    # No nvidia-smi here and no CUDA_VISIBLE_DEVICES: the launcher cannot tell,
+    # so the device-specific settings are left to each rank's hvd_keras.init().
+    monkeypatch.setattr(launcher.placement, "_nvidia_smi_list", lambda: None)
+    unknown = launcher.launch_env(config, environ={})
+    assert "HOROVOD_CYCLE_TIME" not in unknown and unknown["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
 @pytest.mark.parametrize("argv,match", [
