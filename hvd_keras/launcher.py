@@ -194,13 +194,10 @@ def format_hosts(hosts):
 def launch_env(config, environ=None):
     """The variables the launch adds: the recommended ones the user has not set."""
     environ = os.environ if environ is None else environ
-    count = None if config.gpus else placement.visible_gpu_count(environ)
-    if config.gpus or count:
-        wanted = recommended_env(gpus=True)
-    elif count == 0:
-        wanted = recommended_env(gpus=False)
-    else:  # cannot tell from here (no nvidia-smi; remote hosts): each rank's init() decides
-        wanted = RECOMMENDED_ENV
+    gpus = True if config.gpus else placement.visible_gpu_count(environ)
+    # None: cannot tell from here (no nvidia-smi; remote hosts), so each
+    # rank's init() sets the device-specific ones.
+    wanted = RECOMMENDED_ENV if gpus is None else recommended_env(bool(gpus))
     return {k: v for k, v in wanted.items() if k not in environ}
 
 
