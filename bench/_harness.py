@@ -42,15 +42,29 @@ def ratios(a, b):
     return [x / y for x, y in zip(a, b)]
 
 
-def epoch_timer(keras):
-    """A callback that records the wall time of each epoch (the first batch included)."""
+def epoch_timer(keras, skip=0):
+    """A callback that times each epoch's steps after the first `skip`, up to the epoch's end.
+
+    `elapsed` is the wall time and `steps` the number of steps it covers. With
+    `skip` > 0 the clock starts as step `skip` begins, so the steps that fill
+    the input pipeline are left out; the iterator's creation and teardown,
+    outside the epoch's callbacks, are never in it (time `fit` as a whole for
+    those).
+    """
 
     class EpochTimer(keras.callbacks.Callback):
+        # on_train_batch_begin only: overriding on_train_batch_end would make
+        # Keras dispatch batch-end callbacks synchronously and change the fit.
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
 
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == skip:
+                self.start = time.perf_counter()
+
         def on_epoch_end(self, epoch, logs=None):
             self.elapsed = time.perf_counter() - self.start
+            self.steps = self.params["steps"] - skip
 
     return EpochTimer()
 

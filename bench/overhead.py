@@ -99,7 +99,8 @@ def worker(args):
         def on_epoch_end(self, epoch, logs=None):
             self._timed("on_epoch_end", epoch, logs)
 
-    timer = _harness.epoch_timer(keras)
+    skip = min(20, args.steps // 10)  # steps that fill the input pipeline, left out of the steady rate
+    timer = _harness.epoch_timer(keras, skip=skip)
 
     def make_fit(extra_callbacks, distributed=True):
         model = make_model()
@@ -110,9 +111,10 @@ def worker(args):
             hvd_keras.broadcast_state(model)
 
         def run():
+            start = time.perf_counter()
             model.fit(xs, ys, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0,
                       callbacks=[timer, *extra_callbacks])
-            return args.steps / timer.elapsed
+            return timer.steps / timer.elapsed, time.perf_counter() - start
 
         return run
 
@@ -133,10 +135,18 @@ def worker(args):
         return loss
 
     def run_loop():
-        start = time.perf_counter()
-        for xb, yb in dataset:
+        # Timed as fit's timer times it: from the start of step `skip` to the
+        # end of the last step; the whole epoch, the iterator's teardown
+        # included, separately.
+        begin = time.perf_counter()
+        iterator = iter(dataset)
+        for i, (xb, yb) in enumerate(iterator):
+            if i == skip:
+                start = time.perf_counter()
             loop_step(xb, yb)
-        return args.steps / (time.perf_counter() - start)
+        steady = (args.steps - skip) / (time.perf_counter() - start)
+        del iterator
+        return steady, time.perf_counter() - begin
 
     def flags_output_cost(calls=2000, rounds=7):
         # What returning the agreed flags adds inside the train function: one
@@ -168,7 +178,12 @@ def worker(args):
     for run in variants.values():
         run()  # trace and warm up
     TimedAgreement.seconds, TimedAgreement.steps = {}, 0
-    results = _harness.interleave(variants, args.rounds)
+    timings = _harness.interleave(variants, args.rounds)
+    results = {name: [rate for rate, _ in values] for name, values in timings.items()}
+    # What an epoch costs beyond its steps at the steady rate: fit's set-up,
+    # the iterator's creation and teardown, the first steps.
+    results["epoch_extra_ms"] = {name: [1e3 * (whole - args.steps / rate) for rate, whole in values]
+                                 for name, values in timings.items()}
     results["agreement_hooks"] = {hook: 1e6 * total / (TimedAgreement.steps if hook == "on_train_batch_end"
                                                         else args.rounds)
                                   for hook, total in TimedAgreement.seconds.items()}
@@ -183,10 +198,12 @@ def main(args):
         forwarded.append("--no-pin")
     results = _harness.run_ranks(args.np, os.path.abspath(__file__), forwarded, controller=args.controller)
     hooks = results.pop("agreement_hooks")
+    extra = results.pop("epoch_extra_ms")
     print(f"np={args.np} {args.controller}, {args.steps} steps x {args.rounds} rounds, per-rank batch "
           f"{args.batch_size}, {'unpinned' if args.no_pin else 'one core per rank'}; median (min-max)")
     for name, values in results.items():
-        print(f"  {name:<22} steps/s {_harness.fmt(values, 1)}")
+        print(f"  {name:<22} steps/s {_harness.fmt(values, 1)}, per epoch beyond its steps "
+              f"{_harness.fmt(extra[name], 1)} ms")
     print(f"  fit / loop             {_harness.fmt(_harness.ratios(results['fit'], results['loop']), 3)}")
     if "keras fit" in results:
         print(f"  fit / keras fit        {_harness.fmt(_harness.ratios(results['fit'], results['keras fit']), 3)}"

@@ -216,30 +216,41 @@ def jit_compile_was_auto(model):
 
 
 def make_step_function(model, step_function, jit_compile):
-    """Keras's train-function builder (steps_per_execution loop) around `step_function`.
+    """The train function around `step_function`, as Keras's loop calls it.
 
     Keras compiles the step with `model.jit_compile`; here the caller decides,
     without changing what `model.jit_compile` reports or what evaluate and
     predict use.
+
+    With one step per call (`steps_per_execution=1`, the default) the function
+    is built here, with `next(iterator)` inside the compiled function, as
+    Keras 3.0 to 3.6 built it. Keras >= 3.7 returns an Optional from every call
+    and unwraps it in eager Python (`has_value`, `get_value`: two eager ops
+    and packing the logs' structure), which cost 1.2x in steps/s on a
+    1.7 ms step here (bench/overhead.py). The end of the data then arrives as
+    `OutOfRangeError`, which Keras's epoch iterator takes as the epoch's end.
+    Several steps per call keep Keras's own loop.
     """
     saved = model._jit_compile
     model._jit_compile = jit_compile
     try:
-        if hasattr(model, "_make_function"):  # Keras >= 3.7
-            return model._make_function(step_function)
-        return _make_function_before_3_7(model, step_function)
+        if hasattr(model, "_make_function") and (model.steps_per_execution > 1 or model.run_eagerly):
+            return model._make_function(step_function)  # Keras >= 3.7
+        return _make_function_on_iterator(model, step_function)
     finally:
         model._jit_compile = saved
 
 
-def _make_function_before_3_7(model, step_function):
-    # Keras 3.0 to 3.6 build the loop inline in make_train_function; this is
-    # that loop with the step passed in (it unrolls steps_per_execution).
+def _make_function_on_iterator(model, step_function):
+    # Keras 3.0 to 3.6's loop with the step passed in: the batch is taken from
+    # the iterator inside the compiled function; steps_per_execution unrolled.
     from keras.src.backend.tensorflow.trainer import reduce_per_replica
 
     one_step = tf.autograph.experimental.do_not_convert(step_function)
     if not model.run_eagerly:
         one_step = tf.function(one_step, reduce_retracing=True, jit_compile=model.jit_compile)
+    if hasattr(model, "_autoconvert_optionals"):  # where Keras passes None inputs as Optionals
+        one_step = model._autoconvert_optionals(one_step)
 
     @tf.autograph.experimental.do_not_convert
     def one_step_on_iterator(iterator):

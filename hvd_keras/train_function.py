@@ -18,6 +18,10 @@ Keras's own train function runs untouched):
   `apply`/`apply_gradients` exactly once), `"auto"` falls back to a step
   without XLA with one line on rank 0, and an explicit `jit_compile=True`
   is an error that names the fix.
+- Per-step cost. With one step per call (`steps_per_execution=1`, the
+  default) the compiled function takes the batch from the iterator itself,
+  without Keras's Optional round trip through eager Python
+  (`_compat.make_step_function`).
 """
 
 import types
@@ -48,7 +52,7 @@ def _build(model, original, force):
         return model.train_function
     model._hvd_xla_split = False
     if model.run_eagerly or not model.jit_compile:
-        return _build_plain(model, original)
+        return _build_plain(model)
     split = _make(model, split_xla_step(model))
 
     def train_function(iterator):
@@ -57,7 +61,7 @@ def _build(model, original, force):
         try:
             return split(iterator)
         except SplitError as e:
-            model.train_function = _fallback(model, original, e)
+            model.train_function = _fallback(model, e)
             return model.train_function(iterator)
 
     model.train_function = train_function
@@ -65,13 +69,11 @@ def _build(model, original, force):
     return train_function
 
 
-def _build_plain(model, original):
-    # Keras's own train function, unless the step must return the agreed
-    # stop flags; then the same function around train_step plus that output.
-    if getattr(model.optimizer, "_hvd_carry_stop", False):
-        model.train_function = _make(model, model.train_step)
-    else:
-        original(True)
+def _build_plain(model):
+    # Keras's train_step in hvd_keras's train function (one step per call
+    # without Keras's eager unwrapping, see _compat.make_step_function), with
+    # the agreed stop flags as an output when they are carried.
+    model.train_function = _make(model, model.train_step)
     return model.train_function
 
 
@@ -93,7 +95,7 @@ def uses_xla_split(model):
     return bool(getattr(model, "_hvd_xla_split", False))
 
 
-def _fallback(model, original, error):
+def _fallback(model, error):
     if not _compat.jit_compile_was_auto(model):
         raise ValueError(
             f"hvd_keras: jit_compile=True cannot be honoured on {size()} ranks: {error} "
@@ -105,7 +107,7 @@ def _fallback(model, original, error):
               f"but {error}", flush=True)
     _compat.set_jit_compile(model, False)
     model._hvd_xla_split = False
-    return _build_plain(model, original)
+    return _build_plain(model)
 
 
 def split_xla_step(model):

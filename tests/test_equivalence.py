@@ -24,7 +24,9 @@ def _compare(tmp_path, tmp_path_factory, controller, *args):
     out = str(tmp_path / "dist")
     run_workers("train_equivalence.py", ["--out", out, *common], np_=2, controller=controller)
     r0, r1 = load_ranks(out, 2)
-    assert int(r0["iterations"]) == int(single["iterations"]) == STEPS
+    assert int(r0["iterations"]) == int(single["iterations"])
+    # Keras 3.15's own fit counts one iteration more on data of unknown length, in one process too.
+    assert int(single["iterations"]) - STEPS in ((0, 1) if "unknown-length" in args else (0,))
     np.testing.assert_array_equal(r0["weights"], r1["weights"])
     assert np.abs(r0["weights"] - single["weights"]).max() < 1e-5
     assert np.abs(r0["optimizer"] - single["optimizer"]).max() < 1e-5
@@ -42,10 +44,12 @@ def test_two_ranks_match_one_rank_with_double_batch(tmp_path, tmp_path_factory, 
         ("--mode", "subclass"),
         ("--mode", "class_weight"),
         ("--mode", "sample_weight"),
+        ("--mode", "unknown-length"),
         ("--optimizer", "lso"),
         ("--optimizer", "adamw-clip"),
     ],
-    ids=["subclassed-train-step", "class-weight", "sample-weight", "loss-scale", "adamw-global-clipnorm"],
+    ids=["subclassed-train-step", "class-weight", "sample-weight", "unknown-length-dataset", "loss-scale",
+         "adamw-global-clipnorm"],
 )
 def test_equivalence_holds_for(tmp_path, tmp_path_factory, args):
     _compare(tmp_path, tmp_path_factory, "gloo", *args)

@@ -131,6 +131,12 @@ if mode == "class_weight":
     model.fit(xs, ys, class_weight={0: 0.5, 1: 2.0, 2: 1.0}, **fit_kwargs)
 elif mode == "sample_weight":
     model.fit(xs, ys, sample_weight=sws, **fit_kwargs)
+elif mode == "unknown-length":  # a dataset whose end is found by running out (filter hides the length)
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(fit_kwargs["batch_size"]).filter(
+        lambda *_: True)
+    model.fit(dataset, **{k: v for k, v in fit_kwargs.items() if k not in ("batch_size", "shuffle")})
 else:
     model.fit(xs, ys, **fit_kwargs)
 
