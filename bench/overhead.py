@@ -5,7 +5,10 @@ interleave them (order reversed every other round) so that machine noise hits
 each alike, and the median of the per-round ratios is reported with its min
 and max. Each rank is pinned to its own core (`--no-pin` to leave placement
 to the kernel) and runs one TensorFlow thread, and the first epoch of each
-variant (tracing) is excluded.
+variant (tracing) is excluded. Steps/s are the steady rate, timed alike for
+every variant from the start of step 20 (the input pipeline filled) to the
+end of the epoch's last step; what each epoch costs beyond that (fit's
+set-up, the iterator's creation and teardown) is printed beside it.
 
     .venv/bin/python bench/overhead.py [--np 2] [--rounds 15] [--steps 200] [--controller mpi|gloo]
 
@@ -17,7 +20,8 @@ Variants:
   and, timed on a trivial step, what returning the flags adds to the step);
 - `loop`: what Horovod's documentation asks users to write: a `tf.function`
   step with a `GradientTape`, one `hvd.grouped_allreduce` of the gradients,
-  and `optimizer.apply`; at `--np 1` the same without the allreduce;
+  and `optimizer.apply`; at `--np 1` the same without the allreduce; over
+  the same input pipeline as fit's;
 - `keras fit` (at `--np 1` only): plain Keras `fit` with the bare optimizer,
   against which hvd_keras's `fit` at size 1 must cost nothing.
 """
@@ -122,7 +126,10 @@ def worker(args):
     loop_opt = keras.optimizers.SGD(0.01)
     loop_opt.build(loop_model.trainable_variables)
     hvd_keras.broadcast_variables(loop_model.variables + loop_opt.variables)
-    dataset = tf.data.Dataset.from_tensor_slices((xs, ys)).batch(args.batch_size).prefetch(2)
+    # The input pipeline fit's iterator gets (hvd_keras.pipeline: tf.data's
+    # autotuning off for a rank pinned to one core), so that only the step differs.
+    dataset = hvd_keras.pipeline.adjust(
+        tf.data.Dataset.from_tensor_slices((xs, ys)).batch(args.batch_size).prefetch(2))
 
     @tf.function
     def loop_step(xb, yb):

@@ -5,11 +5,11 @@ The public API lives here; submodules hold one concept each.
 
 __version__ = "0.1.0"
 
-from hvd_keras import _compat, preemption, train_function  # noqa: E402
+from hvd_keras import _compat, pipeline, preemption, train_function  # noqa: E402
 
 _compat.check()
 _compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit,
-                              fit_callbacks=train_function.fit_callbacks)
+                              fit_callbacks=train_function.fit_callbacks, input_dataset=pipeline.adjust)
 
 from hvd_keras import callbacks, data, planner, schedules  # noqa: E402
 from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402

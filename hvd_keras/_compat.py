@@ -25,6 +25,12 @@ def _trainer_class():
     return TensorFlowTrainer
 
 
+def _epoch_iterator_class():
+    from keras.src.backend.tensorflow.trainer import TFEpochIterator
+
+    return TFEpochIterator
+
+
 def _base_trainer_class():
     from keras.src.trainers.trainer import Trainer
 
@@ -37,6 +43,7 @@ _CLASS_ATTRIBUTES = [
     (keras.optimizers.Optimizer, "_clip_gradients",
      "the gradient allreduce is hooked there: every real update passes it once"),
     (_trainer_class, "make_train_function", "hvd_keras builds the XLA and mixed-precision train step"),
+    (_epoch_iterator_class, "_get_iterator", "the input pipeline is adjusted for a rank on one CPU"),
     (_base_trainer_class, "get_metrics_result", "exact metrics combine metric states before results"),
     (_base_trainer_class, "compile_from_config", "a model loaded from a file compiles without the wrapper"),
     (_base_trainer_class, "_symbolic_build", "a run resumed inside an epoch restores its metric states"),
@@ -130,14 +137,15 @@ def _counting(function):
     return loading
 
 
-def install_trainer_hooks(make_train_function, after_fit, fit_callbacks):
+def install_trainer_hooks(make_train_function, after_fit, fit_callbacks, input_dataset):
     """Routes every Keras model's train-function build and `fit` through hvd_keras; once.
 
     `make_train_function(model, original, force)` decides; `original(force)`
     is Keras's own. `after_fit(model)` runs when `fit` returns, after every
     callback's `on_train_end`; `fit_callbacks(model, callbacks)` returns the
-    callback list `fit` runs with. `compile` is wrapped only to record whether
-    `jit_compile` was left to `"auto"` (see `jit_compile_was_auto`): Keras
+    callback list `fit` runs with; `input_dataset(dataset)` returns the
+    dataset that Keras's epoch iterator iterates (fit, evaluate, predict).
+    `compile` is wrapped only to record whether `jit_compile` was left to `"auto"` (see `jit_compile_was_auto`): Keras
     resolves it inside `compile` and keeps no trace of the difference. The
     two paths by which Keras compiles a model it loads from a file are marked
     (see `is_loading`).
@@ -175,8 +183,16 @@ def install_trainer_hooks(make_train_function, after_fit, fit_callbacks):
         self._hvd_auto_jit = isinstance(jit, str) and jit == "auto"
         return original_compile(self, *args, **kwargs)
 
+    epoch_iterator = _epoch_iterator_class()
+    original_get_iterator = epoch_iterator._get_iterator
+
+    @functools.wraps(original_get_iterator)
+    def patched_get_iterator(self):
+        return input_dataset(original_get_iterator(self))
+
     trainer.make_train_function = patched_make
     trainer.fit = patched_fit
+    epoch_iterator._get_iterator = patched_get_iterator
     base.compile = patched_compile
     # Keras skips compiling a loaded model whose class overrides `compile`
     # (Trainer.compile_from_config compares them), so hvd_keras wraps

@@ -1,10 +1,15 @@
-"""The train function of a model with a distributed optimizer: XLA and loss scaling on several ranks.
+"""The train function of a model with a distributed optimizer: one step per call, XLA and loss scaling.
 
 Keras builds `model.train_function` from `train_step` when `fit` (or
 `train_on_batch`) starts. hvd_keras takes part in that build for models
-compiled with a `DistributedOptimizer`, on more than one rank only (at size 1
-Keras's own train function runs untouched):
+compiled with a `DistributedOptimizer` (at size 1 only in the first way below:
+Keras's step runs as Keras compiles it, nothing added):
 
+- Per-step cost. With one step per call (`steps_per_execution=1`, the
+  default) the compiled function takes the batch from the iterator itself,
+  without Keras's Optional round trip through eager Python
+  (`_compat.make_step_function`), at every size, so that a 1-process profile
+  and an N-rank run time the same function.
 - Mixed precision. A `LossScaleOptimizer` that Keras put around the
   distributed optimizer is made to reduce before its finiteness check
   (`optimizer.reduce_before_loss_scaling`), so every rank skips the same steps.
@@ -18,10 +23,6 @@ Keras's own train function runs untouched):
   `apply`/`apply_gradients` exactly once), `"auto"` falls back to a step
   without XLA with one line on rank 0, and an explicit `jit_compile=True`
   is an error that names the fix.
-- Per-step cost. With one step per call (`steps_per_execution=1`, the
-  default) the compiled function takes the batch from the iterator itself,
-  without Keras's Optional round trip through eager Python
-  (`_compat.make_step_function`).
 """
 
 import types
@@ -45,8 +46,14 @@ def make_train_function(model, original, force):
 
 def _build(model, original, force):
     optimizer = getattr(model, "optimizer", None)
-    if size() == 1 or not is_distributed(optimizer):
+    if not is_distributed(optimizer):
         return original(force)
+    if size() == 1:
+        if model.train_function is None or force:
+            # Nothing crosses ranks: Keras's step with Keras's XLA decision,
+            # in the same one-step function as on several ranks.
+            model.train_function = _compat.make_step_function(model, model.train_step, model.jit_compile)
+        return model.train_function
     reduce_before_loss_scaling(optimizer)
     if model.train_function is not None and not force:
         return model.train_function

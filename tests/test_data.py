@@ -120,3 +120,35 @@ def test_generator_error_names_a_fix_that_works_as_written():
     ).apply(tf.data.experimental.assert_cardinality(num_batches))
     got = [[int(b[0, 0]) for b in hvd_keras.data.shard(ds, rank=r, size=2).as_numpy_iterator()] for r in range(2)]
     assert got == [[0, 2], [1, 3]]
+
+
+def _autotune(dataset):
+    return dataset.options().autotune.enabled
+
+
+def test_autotuning_is_off_for_a_process_on_one_cpu(monkeypatch):
+    dataset = tf.data.Dataset.range(8).batch(2).prefetch(tf.data.AUTOTUNE)
+    monkeypatch.setattr(hvd_keras.pipeline, "_cpus", lambda: 2)
+    assert _autotune(hvd_keras.pipeline.adjust(dataset)) is None  # left to tf.data
+    monkeypatch.setattr(hvd_keras.pipeline, "_cpus", lambda: 1)
+    adjusted = hvd_keras.pipeline.adjust(dataset)
+    assert _autotune(adjusted) is False
+    assert list(adjusted.as_numpy_iterator())[-1].tolist() == [6, 7]  # the same elements
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    chosen = dataset.with_options(options)
+    assert _autotune(hvd_keras.pipeline.adjust(chosen)) is True  # the user's choice stays
+
+
+def test_fit_evaluate_and_predict_iterate_the_adjusted_dataset(monkeypatch):
+    asked = []
+    monkeypatch.setattr(hvd_keras.pipeline, "_cpus", lambda: asked.append(1) or 1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 3), "float32"), np.ones((8, 1), "float32")
+    counts = []
+    for run in (lambda: model.fit(x, y, batch_size=4, epochs=2, verbose=0),
+                lambda: model.evaluate(x, y, verbose=0), lambda: model.predict(x, verbose=0)):
+        run()
+        counts.append(len(asked))
+    assert 0 < counts[0] < counts[1] < counts[2]  # each made its iterator from the adjusted dataset
