@@ -33,6 +33,7 @@ def main():
 
     import hvd_keras
 
+    machine = _harness.machine_line()
     _harness.set_threads(tf, 1, 1)
     _harness.pin_to_core(0)
     rng = np.random.default_rng(0)
@@ -78,7 +79,7 @@ def main():
         sys.exit("hvd_keras did not turn autotuning off on one core: nothing to compare")
     variants = {"autotuning off (hvd_keras)": variant(False), "autotuning on": variant(True)}
     results = _harness.interleave(variants, args.rounds)
-    print(f"{_harness.machine_line()}\none process on one core, {args.epochs} epochs x {args.steps} steps "
+    print(f"{machine}\none process on one core, {args.epochs} epochs x {args.steps} steps "
           f"per fit, {args.rounds} interleaved rounds; seconds, median (min-max)")
     for name, values in results.items():
         print(f"  {name:<28} fit {_harness.fmt([v[0] for v in values], 2)} s, "

@@ -243,9 +243,9 @@ def make_step_function(model, step_function, jit_compile):
     Keras 3.0 to 3.6 built it. Keras >= 3.7 returns an Optional from every call
     and unwraps it in eager Python (`has_value`, `get_value`: two eager ops
     and packing the logs' structure), which cost 1.2x in steps/s on a
-    1.7 ms step here (bench/overhead.py). The end of the data then arrives as
-    `OutOfRangeError`, which Keras's epoch iterator takes as the epoch's end.
-    Several steps per call keep Keras's own loop.
+    1.7 ms step here (bench/overhead.py). The end of the data arrives, as in
+    Keras's function, as `OutOfRangeError`, which Keras's epoch iterator takes
+    as the epoch's end. Several steps per call keep Keras's own loop.
     """
     saved = model._jit_compile
     model._jit_compile = jit_compile
@@ -269,18 +269,30 @@ def _make_function_on_iterator(model, step_function):
         one_step = model._autoconvert_optionals(one_step)
 
     @tf.autograph.experimental.do_not_convert
-    def one_step_on_iterator(iterator):
-        outputs = model.distribute_strategy.run(one_step, args=(next(iterator),))
+    def one_step_on_data(data):
+        outputs = model.distribute_strategy.run(one_step, args=(data,))
         return reduce_per_replica(outputs, model.distribute_strategy, reduction="auto")
 
     @tf.autograph.experimental.do_not_convert
-    def multi_step_on_iterator(iterator):
+    def on_iterator(iterator):
         for _ in range(model.steps_per_execution):
-            outputs = one_step_on_iterator(iterator)
+            outputs = one_step_on_data(next(iterator))
         return outputs
 
-    function = multi_step_on_iterator if model.steps_per_execution > 1 else one_step_on_iterator
-    return function if model.run_eagerly else tf.function(function, reduce_retracing=True)
+    if not model.run_eagerly:
+        one_step_on_data = tf.function(one_step_on_data, reduce_retracing=True)
+        on_iterator = tf.function(on_iterator, reduce_retracing=True)
+
+    def function(iterator):
+        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            return on_iterator(iterator)
+        # train_on_batch passes a new Python generator each call: a compiled
+        # function would retrace for every one, so its batches go in as data.
+        for _, data in zip(range(model.steps_per_execution), iterator):
+            outputs = one_step_on_data(data)
+        return outputs
+
+    return function
 
 
 def build_metrics(model, data_batch):

@@ -18,14 +18,15 @@ def adjust(dataset):
 
     A rank confined to one core (Slurm's `--cpus-per-task=1`, `mpirun
     --bind-to core`, `taskset`) has no core to spare for tf.data's autotuning
-    thread: it takes time from the training step, and destroying the epoch's
-    iterator, which Keras does at every epoch's end, waits for that thread's
-    next optimisation period, a period that doubles as training goes on.
-    Measured on one core (an MLP, 4 epochs of about 1.1 s): `fit` took 6.5 s
-    with autotuning, 4.5 s without. hvd_keras routes the dataset of every
-    Keras epoch iterator through here; a dataset whose `autotune.enabled`
-    option you set yourself is left as it is, and so is any process with
-    more than one CPU.
+    thread. Measured on one core: destroying an iterator, which Keras does at
+    every epoch's end, took about 80 ms instead of 0.1 ms (a 200-batch
+    pipeline; the destructor waits on the autotuning thread), and over 4
+    epochs of 1000 MLP steps `fit` took 8.9 s with autotuning, 5.3 s without
+    (bench/pipeline.py). Once hvd_keras is imported, the dataset of every
+    Keras epoch iterator passes through here, for any model; a dataset whose
+    `autotune.enabled` option you set yourself is left as it is, and so is a
+    process that may run on more than one CPU (a container's CPU quota, which
+    the affinity does not show, is not seen).
 
     Args:
         dataset: what Keras is about to iterate; anything but a

@@ -9,7 +9,8 @@ Keras's step runs as Keras compiles it, nothing added):
   default) the compiled function takes the batch from the iterator itself,
   without Keras's Optional round trip through eager Python
   (`_compat.make_step_function`), at every size, so that a 1-process profile
-  and an N-rank run time the same function.
+  and an N-rank run time the same function (XLA on several ranks aside: the
+  split step below).
 - Mixed precision. A `LossScaleOptimizer` that Keras put around the
   distributed optimizer is made to reduce before its finiteness check
   (`optimizer.reduce_before_loss_scaling`), so every rank skips the same steps.
