@@ -26,6 +26,7 @@ Keras's step runs as Keras compiles it, nothing added):
   is an error that names the fix.
 """
 
+import itertools
 import types
 
 from hvd_keras import _compat, preemption
@@ -65,12 +66,15 @@ def _build(model, original, force):
 
     def train_function(iterator):
         # The split is decided while the first call traces the step; a step
-        # that cannot be split raises before anything ran or was consumed.
+        # that cannot be split raises before anything ran. train_on_batch's
+        # generator cannot be read twice: its batches are kept for the retry.
+        if not isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            iterator = list(itertools.islice(iterator, model.steps_per_execution))
         try:
-            return split(iterator)
+            return split(iter(iterator) if isinstance(iterator, list) else iterator)
         except SplitError as e:
             model.train_function = _fallback(model, e)
-            return model.train_function(iterator)
+            return model.train_function(iter(iterator) if isinstance(iterator, list) else iterator)
 
     model.train_function = train_function
     model._hvd_xla_split = True

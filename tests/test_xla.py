@@ -50,8 +50,10 @@ def test_explicit_jit_that_cannot_be_split_is_one_line(tmp_path):
     assert "apply 2 times" in line and "HINT: compile with jit_compile=False" in line
 
 
-def test_auto_jit_that_cannot_be_split_trains_without_xla(tmp_path):
-    proc = run_workers("xla_unsplittable.py", ["--jit", "auto-gpu", "--out", str(tmp_path)], timeout=120)
+@pytest.mark.parametrize("api", ["fit", "train_on_batch"])
+def test_auto_jit_that_cannot_be_split_trains_without_xla(tmp_path, api):
+    proc = run_workers("xla_unsplittable.py", ["--jit", "auto-gpu", "--api", api, "--out", str(tmp_path)],
+                       timeout=120)
     notes = [line for line in proc.stdout.splitlines() if "training without XLA" in line]
     assert len(notes) == 1 and notes[0].startswith("[0]")  # one line, rank 0 only
     r0, r1 = load_ranks(str(tmp_path), 2)
