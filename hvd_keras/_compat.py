@@ -145,8 +145,9 @@ def install_trainer_hooks(make_train_function, after_fit, fit_callbacks, input_d
     callback's `on_train_end`; `fit_callbacks(model, callbacks)` returns the
     callback list `fit` runs with; `input_dataset(dataset)` returns the
     dataset that Keras's epoch iterator iterates (fit, evaluate, predict).
-    `compile` is wrapped only to record whether `jit_compile` was left to `"auto"` (see `jit_compile_was_auto`): Keras
-    resolves it inside `compile` and keeps no trace of the difference. The
+    `compile` is wrapped only to record whether `jit_compile` was left to
+    `"auto"` (see `jit_compile_was_auto`): Keras resolves it inside
+    `compile` and keeps no trace of the difference. The
     two paths by which Keras compiles a model it loads from a file are marked
     (see `is_loading`).
     """
@@ -257,6 +258,11 @@ def make_step_function(model, step_function, jit_compile):
         model._jit_compile = saved
 
 
+def is_dataset_iterator(iterator):
+    """True for what fit's loop passes the train function; False for train_on_batch's generator."""
+    return isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator))
+
+
 def _make_function_on_iterator(model, step_function):
     # Keras 3.0 to 3.6's loop with the step passed in: the batch is taken from
     # the iterator inside the compiled function; steps_per_execution unrolled.
@@ -284,7 +290,7 @@ def _make_function_on_iterator(model, step_function):
         on_iterator = tf.function(on_iterator, reduce_retracing=True)
 
     def function(iterator):
-        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+        if is_dataset_iterator(iterator):
             return on_iterator(iterator)
         # train_on_batch passes a new Python generator each call: a compiled
         # function would retrace for every one, so its batches go in as data.

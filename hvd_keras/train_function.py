@@ -50,14 +50,14 @@ def _build(model, original, force):
     optimizer = getattr(model, "optimizer", None)
     if not is_distributed(optimizer):
         return original(force)
-    if size() == 1:
-        if model.train_function is None or force:
-            # Nothing crosses ranks: Keras's step with Keras's XLA decision,
-            # in the same one-step function as on several ranks.
-            model.train_function = _compat.make_step_function(model, model.train_step, model.jit_compile)
-        return model.train_function
-    reduce_before_loss_scaling(optimizer)
+    if size() > 1:
+        reduce_before_loss_scaling(optimizer)
     if model.train_function is not None and not force:
+        return model.train_function
+    if size() == 1:
+        # Nothing crosses ranks: Keras's step with Keras's XLA decision, in
+        # the same one-step function as on several ranks.
+        model.train_function = _compat.make_step_function(model, model.train_step, model.jit_compile)
         return model.train_function
     model._hvd_xla_split = False
     if model.run_eagerly or not model.jit_compile:
@@ -68,13 +68,15 @@ def _build(model, original, force):
         # The split is decided while the first call traces the step; a step
         # that cannot be split raises before anything ran. train_on_batch's
         # generator cannot be read twice: its batches are kept for the retry.
-        if not isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
-            iterator = list(itertools.islice(iterator, model.steps_per_execution))
+        retry = iterator
+        if not _compat.is_dataset_iterator(iterator):
+            batches = list(itertools.islice(iterator, model.steps_per_execution))
+            iterator, retry = iter(batches), iter(batches)
         try:
-            return split(iter(iterator) if isinstance(iterator, list) else iterator)
+            return split(iterator)
         except SplitError as e:
             model.train_function = _fallback(model, e)
-            return model.train_function(iter(iterator) if isinstance(iterator, list) else iterator)
+            return model.train_function(retry)
 
     model.train_function = train_function
     model._hvd_xla_split = True
