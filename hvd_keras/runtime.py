@@ -4,6 +4,7 @@ import os
 import socket
 
 from hvd_keras import placement
+from hvd_keras.cluster import job_size
 from hvd_keras.launcher import recommended_env
 from hvd_keras._horovod import hvd, tf
 
@@ -48,7 +49,8 @@ def init(comm=None):
     # collective (a bug, a rank-only branch) would leave the others waiting
     # forever, so Horovod names the missing ranks after a minute and shuts
     # the job down instead of hanging.
-    apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")))
+    apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")),
+                          np=None if comm is not None else job_size())
     if not hvd.is_initialized():
         hvd.init() if comm is None else hvd.init(comm=comm)
     # No collective here: it would run a TensorFlow op and so freeze
@@ -59,9 +61,9 @@ def init(comm=None):
                                   hvd.local_size())
 
 
-def apply_recommended_env(environ, gpus):
-    """Sets each of `launcher.recommended_env(gpus)` in `environ` that is not set there yet."""
-    for key, value in recommended_env(gpus).items():
+def apply_recommended_env(environ, gpus, np=None):
+    """Sets each of `launcher.recommended_env(gpus, np)` in `environ` that is not set there yet."""
+    for key, value in recommended_env(gpus, np).items():
         environ.setdefault(key, value)
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from hvd_keras import cli, launcher
-from hvd_keras.cluster import SLURMEnvironment, expand_hostlist, expand_tasks_per_node
+from hvd_keras.cluster import SLURMEnvironment, expand_hostlist, expand_tasks_per_node, job_size
 
 FORMS = [
     "node001", "node[001-004,007]", "gpu-a[1-2],gpu-b3", "n[1-3]", "n[01-10]", "n[8-11]",
@@ -128,6 +128,32 @@ def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script,
     monkeypatch.setattr(launcher.placement, "_nvidia_smi_list", lambda: None)
     unknown = launcher.launch_env(config, environ={})
     assert "HOROVOD_CYCLE_TIME" not in unknown and unknown["OMPI_MCA_mpi_yield_when_idle"] == "1"
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, 1),                                                            # python train.py
+    ({"HOROVOD_RANK": "1", "HOROVOD_SIZE": "4"}, 4),                    # horovodrun --gloo
+    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}, 2),    # mpirun, horovodrun --mpi
+    ({"PMI_RANK": "3", "PMI_SIZE": "8"}, 8),                            # Hydra, srun --mpi=pmi2
+    ({"PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "1"}, 1),               # srun -n 1 --mpi=pmix
+    ({"PMIX_RANK": "0"}, None),                                         # PMIx without Slurm: unknown
+    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "x"}, None),
+    # sbatch's batch shell runs `python train.py` as one process whatever the allocation:
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, 1),
+])
+def test_job_size_from_the_launchers_variables(environ, expected):
+    assert job_size(environ) == expected
+
+
+def test_a_single_process_keeps_horovods_cycle_time(script):
+    # Nothing is negotiated at size 1; the 0.2 ms cycle only wakes the background thread.
+    assert launcher.recommended_env(gpus=False, np=1)["HOROVOD_CYCLE_TIME"] == "1"
+    assert launcher.recommended_env(gpus=False, np=2)["HOROVOD_CYCLE_TIME"] == "0.2"
+    assert launcher.recommended_env(gpus=None, np=1)["HOROVOD_CYCLE_TIME"] == "1"
+    assert "HOROVOD_CYCLE_TIME" not in launcher.recommended_env(gpus=None, np=4)
+    config = launcher.LaunchConfig(script=script, np=1)
+    assert launcher.launch_env(config, environ={"CUDA_VISIBLE_DEVICES": ""}, np=1)["HOROVOD_CYCLE_TIME"] == "1"
+    assert launcher.launch_env(config, environ={"CUDA_VISIBLE_DEVICES": ""}, np=2)["HOROVOD_CYCLE_TIME"] == "0.2"
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, load_ranks
 from slurm_cluster import SlurmCluster
 
-from hvd_keras import checkpoint
+from hvd_keras import checkpoint, launcher
 
 PYTHON = sys.executable
 
@@ -59,6 +59,23 @@ def test_hvd_keras_run_inside_salloc_launches_two_ranks(cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = load_ranks(str(tmp_path), 2)
     assert [int(r["my_rank"]) for r in ranks] == [0, 1] and all(int(r["size"]) == 2 for r in ranks)
+
+
+@pytest.mark.parametrize("tasks,cycle", [(2, "0.2"), (1, "1")])
+def test_srun_pmix_tasks_get_the_cycle_of_their_job_size(cluster, tmp_path, tasks, cycle):
+    # srun --mpi=pmix starts the ranks without mpirun or horovodrun: init()
+    # reads the job size from Slurm's step variables (PMIx exports none).
+    env = dict(cluster.env, PYTHONPATH=os.path.join(ROOT, "tests", "scripts") + os.pathsep + ROOT,
+               TF_CPP_MIN_LOG_LEVEL="3")
+    for key in launcher.recommended_env(gpus=False):
+        env.pop(key, None)
+    cmd = ["srun", "-n", str(tasks), "--mpi=pmix", "--kill-on-bad-exit=1", PYTHON, "tests/scripts/ranks.py",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = load_ranks(str(tmp_path), tasks)
+    assert [int(r["size"]) for r in ranks] == [tasks] * tasks
+    assert [str(r["cycle"]) for r in ranks] == [cycle] * tasks
 
 
 def test_usr1_checkpoints_requeues_and_resumes(cluster, tmp_path):
