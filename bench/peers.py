@@ -181,11 +181,11 @@ def _error_line(text):
     return (errors or lines or ["no output"])[0][:300]
 
 
-def launch(system, name, pin=True):
+def launch(system, name, pin=True, extra_env=None):
     """Samples/s of one system on one model, or the error line it ended with."""
     script = os.path.abspath(__file__)
     args = [script, "--worker", system, "--model", name]
-    env = _harness.worker_env(HVD_KERAS_BENCH_PIN="1" if pin else "0")
+    env = _harness.worker_env(HVD_KERAS_BENCH_PIN="1" if pin else "0", **(extra_env or {}))
     if system in ("keras", "mirrored"):
         procs = [subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)]

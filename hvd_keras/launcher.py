@@ -37,12 +37,16 @@ RECOMMENDED_ENV = {
 # 0.2 ms measured 1.17x the samples/s of 1 ms (median of 6 interleaved pairs,
 # 2 ranks, bench/peers.py mlp) and the same on the compute-bound CNN. On GPUs
 # Horovod's 1 ms stays: across many nodes every cycle is a collective.
+# hvd_keras.scheduling: on CPUs Horovod's threads run on the cores the
+# rank's compute leaves idle; on GPUs they keep the normal policy.
 RECOMMENDED_CPU_ENV = {
     "HOROVOD_CYCLE_TIME": "0.2",
+    "HVD_KERAS_HOROVOD_THREADS": "idle",
 }
 RECOMMENDED_GPU_ENV = {
     "HOROVOD_CYCLE_TIME": "1",
     "NCCL_DEBUG": "WARN",
+    "HVD_KERAS_HOROVOD_THREADS": "normal",
 }
 # A single process: nothing is ever negotiated (hvd_keras sends no
 # collective at size 1), yet Horovod's background thread still wakes every

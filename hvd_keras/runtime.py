@@ -3,7 +3,7 @@
 import os
 import socket
 
-from hvd_keras import placement
+from hvd_keras import placement, scheduling
 from hvd_keras.cluster import job_size
 from hvd_keras.launcher import recommended_env
 from hvd_keras._horovod import hvd, tf
@@ -51,8 +51,13 @@ def init(comm=None):
     # the job down instead of hanging.
     apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")),
                           np=None if comm is not None else job_size())
+    threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
     if not hvd.is_initialized():
+        before = scheduling.threads()
         hvd.init() if comm is None else hvd.init(comm=comm)
+        # The threads hvd.init() started are Horovod's (and its controller's);
+        # threads they start later inherit the policy.
+        scheduling.apply(scheduling.threads() - before, threads_policy)
     # No collective here: it would run a TensorFlow op and so freeze
     # TensorFlow's configuration (threads, devices) before the user's script
     # sets it. The placements are compared in the first collective hvd_keras

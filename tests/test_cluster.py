@@ -112,9 +112,11 @@ def test_init_applies_the_launch_defaults_under_any_launcher():
     assert environ["OMPI_MCA_mpi_yield_when_idle"] == "0"  # the user's value wins
     assert environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "600"
     assert environ["HOROVOD_CYCLE_TIME"] == "0.2" and "NCCL_DEBUG" not in environ
+    assert environ["HVD_KERAS_HOROVOD_THREADS"] == "idle"  # Horovod's threads on the cores compute leaves
     on_gpus = {}
     runtime.apply_recommended_env(on_gpus, gpus=True)
     assert on_gpus["HOROVOD_CYCLE_TIME"] == "1" and on_gpus["NCCL_DEBUG"] == "WARN"
+    assert on_gpus["HVD_KERAS_HOROVOD_THREADS"] == "normal"  # they launch the GPU's collectives
     assert on_gpus["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
@@ -128,6 +130,7 @@ def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script,
     monkeypatch.setattr(launcher.placement, "_nvidia_smi_list", lambda: None)
     unknown = launcher.launch_env(config, environ={})
     assert "HOROVOD_CYCLE_TIME" not in unknown and unknown["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    assert "HVD_KERAS_HOROVOD_THREADS" not in unknown
 
 
 @pytest.mark.parametrize("environ,expected", [

@@ -19,11 +19,40 @@ def _env_without_settings():
     return env
 
 
-def test_ranks_of_a_launch_get_the_short_cycle(tmp_path, controller):
+def test_ranks_of_a_launch_get_the_short_cycle_and_idle_horovod_threads(tmp_path, controller):
     run_workers("ranks.py", ["--out", str(tmp_path)], controller=controller, env=_env_without_settings())
     ranks = load_ranks(str(tmp_path), 2)
     assert [int(r["size"]) for r in ranks] == [2, 2]
     assert [str(r["cycle"]) for r in ranks] == ["0.2", "0.2"]
+    for r in ranks:
+        # Horovod's threads (its background thread, Gloo's loop or MPI's) are
+        # SCHED_IDLE; the rank's own (main, TensorFlow's pools) are not.
+        assert 1 <= int(r["idle_threads"]) < int(r["threads"]) and not bool(r["main_thread_idle"]), r
+
+
+def test_normal_policy_leaves_every_thread_alone(tmp_path):
+    env = dict(_env_without_settings(), HVD_KERAS_HOROVOD_THREADS="normal")
+    run_workers("ranks.py", ["--out", str(tmp_path)], env=env)
+    assert [int(r["idle_threads"]) for r in load_ranks(str(tmp_path), 2)] == [0, 0]
+
+
+def test_a_bad_policy_is_one_line_before_horovod_starts(tmp_path):
+    env = dict(_env_without_settings(), HVD_KERAS_HOROVOD_THREADS="low")
+    proc = run_workers("ranks.py", ["--out", str(tmp_path)], np_=1, env=env, check=False)
+    assert proc.returncode != 0
+    assert "ValueError: HVD_KERAS_HOROVOD_THREADS must be one of idle, normal. Received: " \
+           "HVD_KERAS_HOROVOD_THREADS='low'. HINT: unset it" in proc.stderr
+
+
+def test_a_rank_computing_alone_outlasts_gloos_timeout(tmp_path):
+    # SCHED_IDLE is a small share, not none: rank 0's Horovod threads keep
+    # answering the negotiation while its compute holds their core for 3x
+    # Gloo's timeout, so rank 1 waits instead of failing.
+    env = dict(_env_without_settings(), HOROVOD_GLOO_TIMEOUT_SECONDS="3")
+    run_workers("lone_compute.py", ["--out", str(tmp_path), "--seconds", "9"], env=env, timeout=180)
+    r0, r1 = load_ranks(str(tmp_path), 2)
+    assert float(r0["total"]) == float(r1["total"]) == 3.0
+    assert float(r1["waited"]) > 8 and float(r0["waited"]) < 3
 
 
 def test_mpirun_ranks_get_the_short_cycle(tmp_path):
