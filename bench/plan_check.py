@@ -10,8 +10,12 @@ what the single process had. Measured efficiency = 1-process step time /
 
 Models, communication-bound to compute-bound: `mlp` (85k weights, ms steps),
 `wide` (a 2-layer MLP of 1M weights), `cnn` (a small convnet, ~100 ms steps).
+Each round measures the link, the 1-process profile and the 2-rank run anew
+(separate launches); the table has the medians over the rounds of compute,
+link, predicted and measured efficiency. A launch's speed varies by up to
+30% on a shared 2-core machine: take 5 rounds or more.
 
-    .venv/bin/python bench/plan_check.py [--rounds 1] [--controllers gloo,mpi] [--models mlp,wide,cnn]
+    .venv/bin/python bench/plan_check.py [--rounds 5] [--controllers gloo,mpi] [--models mlp,wide,cnn]
 """
 
 import argparse
@@ -30,7 +34,7 @@ SKIP = 3  # steps at the start of each epoch that fill the input pipeline, left 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--controllers", default="gloo,mpi")
     p.add_argument("--models", default="mlp,wide,cnn")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -83,7 +87,8 @@ def worker(kind, name):
     result = {}
     if kind == "profile":
         prof = hvd_keras.planner.profile(model, x, y, batch, steps=max(steps // 2, 10))
-        result.update(step_seconds=prof.step_seconds, gradient_bytes=prof.gradient_bytes)
+        result.update(step_seconds=prof.step_seconds, gradient_bytes=prof.gradient_bytes,
+                      step_seconds_spread=prof.step_seconds_spread)
     timer = _harness.epoch_timer(keras, skip=SKIP)
     model.fit(x[:3 * batch], y[:3 * batch], batch_size=batch, epochs=1, shuffle=False, verbose=0)
     times = []
@@ -102,22 +107,29 @@ def main(args):
     rows = []
     for controller in args.controllers.split(","):
         for name in args.models.split(","):
-            predicted, measured = [], []
+            predicted, measured, computes, latencies, bandwidths = [], [], [], [], []
             for _ in range(args.rounds):
                 link = _harness.run_ranks(2, script, ["link"], controller=controller)
                 link = planner.Link(link["latency"], link["bandwidth"])
                 one = _harness.run_ranks(1, script, ["profile", "--model", name])
                 two = _harness.run_ranks(2, script, ["measure", "--model", name],
                                          controller=controller)
-                prof = planner.Profile(one["step_seconds"], one["gradient_bytes"], BATCH[name])
+                prof = planner.Profile(one["step_seconds"], one["gradient_bytes"], BATCH[name],
+                                       one["step_seconds_spread"])
                 predicted.append(planner.predict_one(prof, link, 2).efficiency)
                 measured.append(one["fit_step_seconds"] / two["fit_step_seconds"])
+                computes.append(prof.step_seconds)
+                latencies.append(link.latency)
+                bandwidths.append(link.bandwidth)
                 print(f"{controller} {name}: 1 process {one['fit_step_seconds'] * 1e3:.2f} ms (profile "
-                      f"{one['step_seconds'] * 1e3:.2f}), 2 ranks {two['fit_step_seconds'] * 1e3:.2f} ms, "
+                      f"{one['step_seconds'] * 1e3:.2f}, spread {one['step_seconds_spread'] * 1e3:.2f}), link "
+                      f"{link.latency * 1e6:.0f} us {link.bandwidth * 8 / 1e9:.2f} Gbit/s, "
+                      f"2 ranks {two['fit_step_seconds'] * 1e3:.2f} ms, "
                       f"predicted {predicted[-1]:.3f}, measured {measured[-1]:.3f}", flush=True)
                 time.sleep(1)
             p, m = statistics.median(predicted), statistics.median(measured)
-            rows.append((controller, name, one["gradient_bytes"], one["step_seconds"], link, p, m))
+            link = planner.Link(statistics.median(latencies), statistics.median(bandwidths))
+            rows.append((controller, name, one["gradient_bytes"], statistics.median(computes), link, p, m))
     print(f"2 ranks vs 1 process, one TF thread pinned per process, {args.rounds} round(s), medians")
     print("| controller | model | gradients | compute/step | link (latency, bandwidth) | predicted | measured "
           "| relative error |")

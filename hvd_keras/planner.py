@@ -5,13 +5,18 @@ the per-rank batch, bytes of gradients per step) and a `Link` (the allreduce
 cost on the hosts, from `measure_allreduce` or from published figures).
 Model of one step at N ranks:
 
-    step(N) = compute + allreduce(bytes, N) - min(overlap * allreduce(bytes, N), compute)
+    step(N) = compute + stragglers(N) + allreduce(bytes, N) - min(overlap * allreduce(bytes, N), compute)
     allreduce(bytes, N) = 2 (N - 1) / N * bytes / bandwidth + 2 (N - 1) * latency
+    stragglers(N) = spread * E[max of N standard normal values]
 
 Assumptions, stated once: the gradients travel as one fused buffer (Horovod's
 tensor fusion; hvd_keras sends one grouped allreduce per step) through a ring
 whose slowest link has `bandwidth`; `overlap` is the share of the allreduce
-time hidden behind compute. hvd_keras reduces after the backward pass, so its
+time hidden behind compute. Every step waits for the slowest rank's compute:
+with independent, normally distributed step times of standard deviation
+`spread` (measured by `profile` on one process), the slowest of N takes
+`spread * E[max]` longer than the mean (0.56 spread at 2 ranks, 1.42 at 8,
+3.04 at 512). hvd_keras reduces after the backward pass, so its
 overlap is 0; Horovod's TF1 graph mode started each gradient's allreduce as
 soon as the gradient was computed, which hides part of it behind the rest of
 the backward pass (about half is the planner's assumption for that mode; it
@@ -20,7 +25,9 @@ step(1) / step(N).
 """
 
 import dataclasses
+import functools
 import json
+import math
 import statistics
 import time
 
@@ -61,14 +68,29 @@ class Link(_JsonFile):
 
     @classmethod
     def fit(cls, points, n, source="measured"):
-        """Least-squares fit of `allreduce_seconds` to measured `(bytes, seconds)` points at `n` ranks."""
+        """Fits `allreduce_seconds` to measured `(bytes, seconds)` points at `n` ranks.
+
+        Relative least squares (each point weighs 1 / seconds^2): the sizes
+        span decades, and an unweighted fit lets the noise of the largest
+        message, where bandwidth dominates, set the latency that small
+        messages pay.
+        """
         if n < 2 or len(points) < 2:
             raise ValueError(f"Link.fit needs n >= 2 and 2 or more points. Received: n={n}, "
                              f"{len(points)} points. HINT: measure several message sizes on 2 or more ranks.")
+        if any(t <= 0 for _, t in points):
+            raise ValueError(f"Link.fit needs positive times. Received: {points}. HINT: pass (bytes, seconds) pairs.")
         xs = [b for b, _ in points]
         ys = [t for _, t in points]
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        ws = [1 / t ** 2 for t in ys]
+        total = sum(ws)
+        mx = sum(w * x for w, x in zip(ws, xs)) / total
+        my = sum(w * y for w, y in zip(ws, ys)) / total
+        spread = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
+        if spread == 0:
+            raise ValueError(f"Link.fit needs 2 or more message sizes. Received: {points}. "
+                             "HINT: measure from KB to tens of MB.")
+        slope = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / spread
         intercept = my - slope * mx
         if slope <= 0:
             raise ValueError(f"the measured allreduce times do not grow with the message size ({points}). "
@@ -84,11 +106,17 @@ class Link(_JsonFile):
 
 @dataclasses.dataclass(frozen=True)
 class Profile(_JsonFile):
-    """One process's step: compute seconds at `batch_size` samples, gradient bytes sent per step."""
+    """One process's step: compute seconds at `batch_size` samples, gradient bytes sent per step.
+
+    `step_seconds_spread` is the standard deviation of one step's time (0:
+    every step takes the same time), from which the wait for the slowest
+    rank is predicted.
+    """
 
     step_seconds: float
     gradient_bytes: int
     batch_size: int
+    step_seconds_spread: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +128,7 @@ class Prediction:
     allreduce_seconds: float
     samples_per_sec: float
     efficiency: float
+    straggler_seconds: float = 0.0
 
 
 class ScalingPlan(list):
@@ -118,12 +147,14 @@ class ScalingPlan(list):
 
     def __str__(self):
         p, link = self.profile, self.link
-        head = (f"model: {p.step_seconds * 1e3:.2f} ms compute per step at batch {p.batch_size} per rank, "
-                f"{p.gradient_bytes / 1e6:.2f} MB of gradients; link: latency {link.latency * 1e6:.1f} us, "
-                f"bandwidth {link.bandwidth * 8 / 1e9:.2f} Gbit/s ({link.source}); overlap {self.overlap:.2f}")
-        rows = [head, f"{'ranks':>6} {'step ms':>10} {'allreduce ms':>13} {'samples/s':>12} {'efficiency':>11}"]
+        head = (f"model: {p.step_seconds * 1e3:.2f} ms compute per step (spread {p.step_seconds_spread * 1e3:.2f} ms) "
+                f"at batch {p.batch_size} per rank, {p.gradient_bytes / 1e6:.2f} MB of gradients; link: latency "
+                f"{link.latency * 1e6:.1f} us, bandwidth {link.bandwidth * 8 / 1e9:.2f} Gbit/s ({link.source}); "
+                f"overlap {self.overlap:.2f}")
+        rows = [head, f"{'ranks':>6} {'step ms':>10} {'allreduce ms':>13} {'stragglers ms':>14} {'samples/s':>12} "
+                      f"{'efficiency':>11}"]
         rows += [f"{q.n:>6} {q.step_seconds * 1e3:>10.2f} {q.allreduce_seconds * 1e3:>13.2f} "
-                 f"{q.samples_per_sec:>12.0f} {q.efficiency:>10.0%}" for q in self]
+                 f"{q.straggler_seconds * 1e3:>14.2f} {q.samples_per_sec:>12.0f} {q.efficiency:>10.0%}" for q in self]
         return "\n".join(rows)
 
 
@@ -134,8 +165,25 @@ def predict_one(profile, link, n, overlap=0.0):
                          "HINT: 0 for hvd_keras (allreduce after the backward pass).")
     compute = profile.step_seconds
     allreduce = link.allreduce_seconds(profile.gradient_bytes, n)
-    step = compute + allreduce - min(overlap * allreduce, compute)
-    return Prediction(n, step, allreduce, n * profile.batch_size / step, compute / step)
+    stragglers = profile.step_seconds_spread * expected_max_of_normals(n)
+    step = compute + stragglers + allreduce - min(overlap * allreduce, compute)
+    return Prediction(n, step, allreduce, n * profile.batch_size / step, compute / step, stragglers)
+
+
+@functools.lru_cache(maxsize=None)
+def expected_max_of_normals(n):
+    """E[max of `n` independent standard normal values]: 0 at 1, 0.564 at 2, 1.424 at 8, 3.04 at 512."""
+    if n <= 1:
+        return 0.0
+    # The integral of x * n * pdf(x) * cdf(x)^(n-1), by the midpoint rule on [-9, 9].
+    steps, lo, hi = 18000, -9.0, 9.0
+    h = (hi - lo) / steps
+    total = 0.0
+    for i in range(steps):
+        x = lo + (i + 0.5) * h
+        cdf = 0.5 * (1 + math.erf(x / math.sqrt(2)))
+        total += x * math.exp(-x * x / 2) * cdf ** (n - 1)
+    return n * total * h / math.sqrt(2 * math.pi)
 
 
 def predict(profile, link, sizes=DEFAULT_SIZES, overlap=0.0):
@@ -163,7 +211,9 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     Run it on one process. One batch of `x`, `y` is repeated through `fit`
     (so the time is `fit`'s per step, its callbacks and loop included):
     `warmup` steps (tracing) in a first epoch, then the mean of `steps` timed
-    steps. Weights and optimizer state are put back afterwards.
+    steps, and their spread (a standard deviation estimated from the
+    interquartile range, so that a rare pause does not count as every
+    step's variation). Weights and optimizer state are put back afterwards.
 
     Example:
 
@@ -190,19 +240,32 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     model.fit(batches, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
     times = {}
 
+    starts = []
+
+    # Batch beginnings only: a batch-end hook would make Keras dispatch every
+    # batch end synchronously and change the step being timed.
     class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            times["start"] = time.perf_counter()
+        def on_train_batch_begin(self, batch, logs=None):
+            starts.append(time.perf_counter())
 
         def on_epoch_end(self, epoch, logs=None):
-            times["end"] = time.perf_counter()
+            starts.append(time.perf_counter())
 
     model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[Timer()])
     model.set_weights(weights)
     for v, value in zip(model.optimizer.variables, opt_vars):
         v.assign(value)
-    return Profile((times["end"] - times["start"]) / steps, gradient_bytes(model, bytes_per_value),
-                   int(batch_size))
+    durations = [b - a for a, b in zip(starts, starts[1:])]
+    return Profile((starts[-1] - starts[0]) / steps, gradient_bytes(model, bytes_per_value), int(batch_size),
+                   robust_spread(durations))
+
+
+def robust_spread(values):
+    """The standard deviation of `values` as their interquartile range estimates it (0 for fewer than 4)."""
+    if len(values) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) / 1.349
 
 
 def measure_allreduce(sizes_bytes=(4 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20), repeats=10):

@@ -23,6 +23,45 @@ def test_link_fit_recovers_latency_and_bandwidth():
         assert fitted.bandwidth == pytest.approx(2e9, rel=1e-6)
 
 
+def test_link_fit_keeps_the_latency_when_a_large_message_is_noisy():
+    # 3% noise on the 64 MB point is 2 ms, twenty times the latency: an
+    # unweighted fit gives it that much say in the intercept; a relative one does not.
+    truth = Link(latency=50e-6, bandwidth=1e9)
+    sizes = (4096, 65536, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
+    points = [(b, truth.allreduce_seconds(b, 2) * (1.03 if b == 64 << 20 else 1.0)) for b in sizes]
+    fitted = Link.fit(points, 2)
+    assert fitted.latency == pytest.approx(50e-6, rel=0.1)
+    assert fitted.bandwidth == pytest.approx(1e9, rel=0.05)
+    with pytest.raises(ValueError, match="2 or more message sizes"):
+        Link.fit([(4096, 1e-4), (4096, 2e-4)], 2)
+
+
+def test_expected_maximum_of_normals():
+    import math
+
+    assert planner.expected_max_of_normals(1) == 0.0
+    assert planner.expected_max_of_normals(2) == pytest.approx(1 / math.sqrt(math.pi), rel=1e-4)
+    assert planner.expected_max_of_normals(3) == pytest.approx(1.5 / math.sqrt(math.pi), rel=1e-4)
+    assert planner.expected_max_of_normals(4) == pytest.approx(1.02938, rel=1e-4)
+    assert planner.expected_max_of_normals(512) == pytest.approx(3.04, abs=0.01)
+
+
+def test_every_step_waits_for_the_slowest_rank():
+    prof = Profile(step_seconds=0.100, gradient_bytes=0, batch_size=32, step_seconds_spread=0.010)
+    plan = predict(prof, Link(latency=0.0, bandwidth=1e9), sizes=(1, 2, 8))
+    assert plan.at(1).straggler_seconds == 0 and plan.at(1).efficiency == 1.0
+    assert plan.at(2).step_seconds == pytest.approx(0.100 + 0.010 * planner.expected_max_of_normals(2))
+    assert plan.at(8).efficiency == pytest.approx(0.100 / (0.100 + 0.010 * 1.42360), rel=1e-4)
+    assert "stragglers ms" in str(plan) and "spread 10.00 ms" in str(plan)
+
+
+def test_spread_ignores_a_rare_pause():
+    rng = np.random.default_rng(0)
+    steps = list(0.1 + 0.002 * rng.standard_normal(200)) + [2.0]  # one 2 s pause (a checkpoint, GC)
+    assert planner.robust_spread(steps) == pytest.approx(0.002, rel=0.2)
+    assert planner.robust_spread([0.1, 0.2]) == 0.0
+
+
 def test_one_rank_sends_nothing_and_efficiency_falls_with_ranks():
     prof = Profile(step_seconds=0.010, gradient_bytes=4_000_000, batch_size=32)
     link = Link.from_figures(latency_us=20, gbit_per_s=10)
@@ -80,7 +119,7 @@ def test_profile_times_fit_steps_and_restores_the_model():
     before = [w.copy() for w in model.get_weights()]
     prof = hvd_keras.planner.profile(model, x, y, batch_size=32, steps=5, warmup=2)
     assert prof.batch_size == 32 and prof.gradient_bytes == 4 * model.count_params()
-    assert 0 < prof.step_seconds < 1
+    assert 0 < prof.step_seconds < 1 and 0 <= prof.step_seconds_spread < prof.step_seconds
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert int(model.optimizer.iterations.numpy()) == 0
@@ -109,6 +148,9 @@ def test_cli_plan_prints_the_table_to_512_ranks():
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip() and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     assert rows[-1][-1] == "70%"
+    spread = _cli("plan", "--latency-us", "10", "--gbit", "25", "--step-ms", "416", "--gradient-mb", "553.43",
+                  "--batch-size", "64", "--overlap", "0.5", "--step-spread-ms", "8", "--max-np", "8")
+    assert spread.returncode == 0 and "spread 8.00 ms" in spread.stdout, spread.stderr[-2000:]
     proc = _cli("plan", "--step-ms", "10")
     assert proc.returncode == 2 and "HINT: hvd-keras bench-allreduce" in proc.stderr
 
