@@ -34,6 +34,7 @@ bench: setup
 	-$(PYTHON) -m pip install -q --no-deps "tf_keras~=$$(TF_CPP_MIN_LOG_LEVEL=3 $(PYTHON) -c 'import tensorflow as tf; print(tf.__version__)')"
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/overhead.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/peers.py
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/settings.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/resnet.py
 
 # Proves the GPU (NCCL) build of horovod on any machine, GPU or not: a venv of

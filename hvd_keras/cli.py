@@ -1,6 +1,7 @@
 """`hvd-keras`: the command line; a thin layer over hvd_keras.launcher."""
 
 import argparse
+import dataclasses
 import sys
 
 from hvd_keras import launcher
@@ -41,8 +42,9 @@ def _parser():
     q.add_argument("--step-ms", type=float, help="compute time of one step on one process, in ms")
     q.add_argument("--gradient-mb", type=float, help="gradients per step, in MB (4 bytes per float32 weight)")
     q.add_argument("--batch-size", type=int, help="samples per step on each rank")
-    q.add_argument("--step-spread-ms", type=float, default=0.0,
-                   help="standard deviation of one step's time, in ms (the wait for the slowest rank; default 0)")
+    q.add_argument("--step-spread-ms", type=float,
+                   help="standard deviation of one step's time, in ms (the wait for the slowest rank; "
+                        "default: the profile's, or 0)")
     q.add_argument("--link", help="a link JSON from bench-allreduce")
     q.add_argument("--latency-us", type=float, help="published link latency, in us (instead of --link)")
     q.add_argument("--gbit", type=float, help="published link bandwidth, in Gbit/s (instead of --link)")
@@ -65,11 +67,12 @@ def _plan(args):
     if args.profile:
         profile = planner.Profile.load(args.profile)
     elif None not in (args.step_ms, args.gradient_mb, args.batch_size):
-        profile = planner.Profile(args.step_ms / 1e3, int(args.gradient_mb * 1e6), args.batch_size,
-                                  args.step_spread_ms / 1e3)
+        profile = planner.Profile(args.step_ms / 1e3, int(args.gradient_mb * 1e6), args.batch_size)
     else:
         raise ValueError("plan needs --profile prof.json or all of --step-ms, --gradient-mb and --batch-size. "
                          "HINT: hvd_keras.planner.profile(model, x, y, batch_size).save('prof.json')")
+    if args.step_spread_ms is not None:
+        profile = dataclasses.replace(profile, step_seconds_spread=args.step_spread_ms / 1e3)
     sizes = [n for n in planner.DEFAULT_SIZES if n <= args.max_np]
     if args.max_np not in sizes:
         sizes.append(args.max_np)

@@ -214,6 +214,12 @@ def format_hosts(hosts):
     return ",".join(f"{h}:{s}" for h, s in hosts)
 
 
+# Decided by each rank's init() from the devices that rank sees: a wrong
+# guess here (a CPU login node launching onto GPU hosts) would cost GPU
+# ranks their collectives' latency.
+RANK_DECIDES = ("HVD_KERAS_HOROVOD_THREADS",)
+
+
 def launch_env(config, environ=None, np=None):
     """The variables a launch of `np` processes adds: the recommended ones the user has not set."""
     environ = os.environ if environ is None else environ
@@ -221,7 +227,7 @@ def launch_env(config, environ=None, np=None):
     # None: cannot tell from here (no nvidia-smi; remote hosts), so each
     # rank's init() sets the device-specific ones.
     wanted = recommended_env(None if gpus is None else bool(gpus), np)
-    return {k: v for k, v in wanted.items() if k not in environ}
+    return {k: v for k, v in wanted.items() if k not in environ and k not in RANK_DECIDES}
 
 
 def build_command(config, the_plan, python=None):

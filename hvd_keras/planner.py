@@ -16,7 +16,10 @@ time hidden behind compute. Every step waits for the slowest rank's compute:
 with independent, normally distributed step times of standard deviation
 `spread` (measured by `profile` on one process), the slowest of N takes
 `spread * E[max]` longer than the mean (0.56 spread at 2 ranks, 1.42 at 8,
-3.04 at 512). hvd_keras reduces after the backward pass, so its
+3.04 at 512). Rare pauses (a garbage collection, a checkpoint) are not in
+`spread`; at hundreds of ranks one on any rank stalls them all, which this
+leaves out. `profile` times the steps as the host sees them: on a GPU that
+is the device's time only where the host waits for each step. hvd_keras reduces after the backward pass, so its
 overlap is 0; Horovod's TF1 graph mode started each gradient's allreduce as
 soon as the gradient was computed, which hides part of it behind the rest of
 the backward pass (about half is the planner's assumption for that mode; it
@@ -117,6 +120,12 @@ class Profile(_JsonFile):
     gradient_bytes: int
     batch_size: int
     step_seconds_spread: float = 0.0
+
+    def __post_init__(self):
+        if not (self.step_seconds > 0 and self.step_seconds_spread >= 0):
+            raise ValueError(f"Profile needs step_seconds > 0 and step_seconds_spread >= 0. Received: "
+                             f"step_seconds={self.step_seconds}, step_seconds_spread={self.step_seconds_spread}. "
+                             "HINT: give seconds, as hvd_keras.planner.profile measures them.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,8 +247,6 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     weights = model.get_weights()
     opt_vars = [v.numpy() for v in model.optimizer.variables]
     model.fit(batches, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
-    times = {}
-
     starts = []
 
     # Batch beginnings only: a batch-end hook would make Keras dispatch every
@@ -255,14 +262,18 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     model.set_weights(weights)
     for v, value in zip(model.optimizer.variables, opt_vars):
         v.assign(value)
+    # With steps_per_execution k a batch begins every k steps, and every one
+    # of those k steps waits for the slowest rank: the spread of one step is
+    # that of k independent ones divided by sqrt(k).
+    per_call = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
     durations = [b - a for a, b in zip(starts, starts[1:])]
     return Profile((starts[-1] - starts[0]) / steps, gradient_bytes(model, bytes_per_value), int(batch_size),
-                   robust_spread(durations))
+                   robust_spread(durations) / math.sqrt(per_call))
 
 
 def robust_spread(values):
-    """The standard deviation of `values` as their interquartile range estimates it (0 for fewer than 4)."""
-    if len(values) < 4:
+    """The standard deviation of `values` as their interquartile range estimates it (0 for fewer than 8)."""
+    if len(values) < 8:
         return 0.0
     q1, _, q3 = statistics.quantiles(values, n=4)
     return (q3 - q1) / 1.349

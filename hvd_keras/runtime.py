@@ -21,7 +21,10 @@ def init(comm=None):
     own when the launcher gave each task its own (`srun --gpus-per-task=1`).
     Two processes of a host that would use the same GPU (more processes
     than GPUs) are an error on every rank, never a silent share. On CPU there
-    is nothing to pin.
+    is nothing to pin; there the threads Horovod starts are scheduled to run
+    on the cores the rank's compute leaves idle (`hvd_keras.scheduling`).
+    Horovod's settings for the job (`launcher.recommended_env`) are applied
+    first, except those you set yourself.
 
     Call it before building any model (TensorFlow fixes its visible devices
     the first time it touches a GPU).
@@ -50,20 +53,28 @@ def init(comm=None):
     # forever, so Horovod names the missing ranks after a minute and shuts
     # the job down instead of hanging.
     apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")),
-                          np=None if comm is not None else job_size())
+                          np=job_size() if comm is None else _comm_size(comm))
     threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
     if not hvd.is_initialized():
         before = scheduling.threads()
         hvd.init() if comm is None else hvd.init(comm=comm)
-        # The threads hvd.init() started are Horovod's (and its controller's);
-        # threads they start later inherit the policy.
-        scheduling.apply(scheduling.threads() - before, threads_policy)
+        scheduling.apply(scheduling.started_by_horovod(before), threads_policy)
     # No collective here: it would run a TensorFlow op and so freeze
     # TensorFlow's configuration (threads, devices) before the user's script
     # sets it. The placements are compared in the first collective hvd_keras
     # runs anyway (broadcast.check_same_structure, before the first step).
     _state["placement"] = pin_gpu(tf.config, socket.gethostname(), hvd.rank(), hvd.local_rank(),
                                   hvd.local_size())
+
+
+def _comm_size(comm):
+    """The size of the job `init(comm=...)` runs on: an mpi4py communicator or a list of ranks."""
+    if hasattr(comm, "Get_size"):
+        return comm.Get_size()
+    try:
+        return len(comm)
+    except TypeError:
+        return None
 
 
 def apply_recommended_env(environ, gpus, np=None):

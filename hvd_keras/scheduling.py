@@ -7,9 +7,9 @@ the cores with the rank's compute. Each wake-up takes the core from the
 compute; and under Linux's default scheduler a thread woken by a message may
 wait for the running one's slice, so every hand-off between Horovod's
 threads and the rank's own costs latency. Scheduled `SCHED_IDLE`, Horovod's
-threads run only when the rank's threads leave a core free, which happens
-exactly when the rank waits for a collective, and they never delay the
-compute. Measured (2 ranks, one core each, `bench/background.py`): see the
+threads run when the rank's threads leave a core free, as they do while
+the rank waits for a collective, and a woken compute thread takes the core
+back at once. Measured (2 ranks, `bench/settings.py`): see the
 README, "Against the peers".
 
 `SCHED_IDLE` is not starvation: such a thread still gets a small share of a
@@ -50,6 +50,20 @@ def threads():
         return set()
 
 
+def started_by_horovod(before):
+    """The threads started since `before` (a `threads()` set) that are not Python's own.
+
+    `hvd.init()` starts Horovod's background thread, which starts its
+    controller's (Gloo's event loop, OpenMPI's progress threads) before
+    `init` returns; threads they start later inherit the policy. A Python
+    thread another thread started meanwhile is left alone.
+    """
+    import threading
+
+    python = {t.native_id for t in threading.enumerate()}
+    return threads() - before - python
+
+
 def apply(tids, policy_):
     """Schedules the threads `tids` under `policy_`; returns how many it changed.
 
@@ -63,6 +77,6 @@ def apply(tids, policy_):
         try:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             changed += 1
-        except (ProcessLookupError, PermissionError):
+        except OSError:  # ended meanwhile, or a sandbox that refuses the call
             pass
     return changed

@@ -131,6 +131,8 @@ def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script,
     unknown = launcher.launch_env(config, environ={})
     assert "HOROVOD_CYCLE_TIME" not in unknown and unknown["OMPI_MCA_mpi_yield_when_idle"] == "1"
     assert "HVD_KERAS_HOROVOD_THREADS" not in unknown
+    # Each rank's init() decides the thread policy from the devices it sees, never the launching host.
+    assert "HVD_KERAS_HOROVOD_THREADS" not in on_gpus and "HVD_KERAS_HOROVOD_THREADS" not in on_cpus
 
 
 @pytest.mark.parametrize("environ,expected", [
@@ -143,6 +145,12 @@ def test_launch_on_a_gpu_machine_gets_the_gpu_settings_without_gpus_flag(script,
     ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "x"}, None),
     # sbatch's batch shell runs `python train.py` as one process whatever the allocation:
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}, 1),
+    # srun without --mpi: Slurm's own PMI library may join the tasks (Intel MPI), or not.
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "4"}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NUM_TASKS": "1"}, 1),
+    ({"JSM_NAMESPACE_RANK": "5", "JSM_NAMESPACE_SIZE": "6"}, 6),
+    ({"PALS_RANKID": "0"}, None),
+    ({"HOROVOD_RANK": "0", "HOROVOD_SIZE": "\u00b2"}, None),  # a digit isdigit() takes but int() refuses
 ])
 def test_job_size_from_the_launchers_variables(environ, expected):
     assert job_size(environ) == expected

@@ -1,4 +1,4 @@
-"""Rank 0 computes alone, on a core it shares with Horovod's threads, for longer than Gloo's timeout; then every rank meets in a barrier and an allreduce."""
+"""Rank 0 computes alone, on a core shared with Horovod's threads, for longer than Gloo's timeout; then all meet."""
 
 import os
 import time
