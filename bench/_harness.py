@@ -11,7 +11,12 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+# Where a worker's `report` writes its result: a file, since launchers cut a
+# rank's output lines (horovodrun's at 4 KB: a 45-round result did not parse).
+RESULT_FILE_ENV = "HVD_KERAS_BENCH_RESULT"
 
 
 def interleave(variants, rounds):
@@ -89,12 +94,37 @@ def run_ranks(np_, script, args, controller="gloo", env=None, launcher_args=()):
     else:
         cmd = [os.path.join(os.path.dirname(sys.executable), "horovodrun"), "-np", str(np_),
                f"--{controller}", *launcher_args, sys.executable, script, "--worker", *args]
-    proc = subprocess.run(cmd, env=env or worker_env(), capture_output=True, text=True)
-    result = read_result(proc.stdout)
+    with result_file(env or worker_env()) as (env, take):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        result = take(proc.stdout)
     if proc.returncode != 0 or result is None:
         sys.exit(f"benchmark failed ({proc.returncode}): {' '.join(cmd)}\n"
                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return result
+
+
+class result_file:
+    """`with result_file(env) as (env, take)`: `env` names a fresh result file; `take(stdout)` reads the result.
+
+    `take` falls back to a RESULT line in `stdout` (a worker started by hand).
+    """
+
+    def __init__(self, env):
+        self._dir = tempfile.TemporaryDirectory(prefix="hvd_keras_bench_")
+        self._path = os.path.join(self._dir.name, "result.json")
+        self._env = dict(env, **{RESULT_FILE_ENV: self._path})
+
+    def __enter__(self):
+        return self._env, self._take
+
+    def __exit__(self, *exc):
+        self._dir.cleanup()
+
+    def _take(self, stdout=""):
+        if os.path.exists(self._path):
+            with open(self._path) as f:
+                return json.load(f)
+        return read_result(stdout)
 
 
 def read_result(text):
@@ -107,8 +137,14 @@ def read_result(text):
 
 
 def report(result):
-    """The line a worker prints for `run_ranks` to pick up."""
-    print("RESULT " + json.dumps(result), flush=True)
+    """Hands `result` to `run_ranks`: into its result file (written whole, then renamed), else as a RESULT line."""
+    path = os.environ.get(RESULT_FILE_ENV)
+    if not path:
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
 
 
 def pin_to_core(local_rank):
