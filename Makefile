@@ -36,6 +36,7 @@ bench: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/peers.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/settings.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/resnet.py
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/pipeline.py
 
 # Proves the GPU (NCCL) build of horovod on any machine, GPU or not: a venv of
 # its own (.venv-gpu) with tensorflow[and-cuda], a CUDA toolkit assembled from

@@ -54,22 +54,43 @@ def _parser():
     return p
 
 
+def _check(flag, value, ok, expected, hint):
+    if value is not None and not ok(value):
+        raise ValueError(f"{flag} must be {expected}. Received: {flag} {value}. HINT: {hint}")
+
+
+def _given(args, *names):
+    given = [f"--{n.replace('_', '-')} {getattr(args, n)}" for n in names if getattr(args, n) is not None]
+    return ", ".join(given) or "none of them"
+
+
 def _plan(args):
     from hvd_keras import planner
 
+    _check("--step-ms", args.step_ms, lambda v: v > 0, "> 0", "one process's compute time per step, in ms.")
+    _check("--gradient-mb", args.gradient_mb, lambda v: v >= 0, ">= 0",
+           "4 bytes per float32 weight: 25.6 for 6.4 million weights.")
+    _check("--batch-size", args.batch_size, lambda v: v >= 1, ">= 1", "samples per step on each rank.")
+    _check("--step-spread-ms", args.step_spread_ms, lambda v: v >= 0, ">= 0", "0 for steps that all take as long.")
+    _check("--latency-us", args.latency_us, lambda v: v >= 0, ">= 0", "the link's one-way latency, in us.")
+    _check("--gbit", args.gbit, lambda v: v > 0, "> 0", "the link's bandwidth, in Gbit/s (25 for 25GbE).")
+    _check("--overlap", args.overlap, lambda v: 0 <= v <= 1, "in [0, 1]", "0 for hvd_keras.")
+    _check("--max-np", args.max_np, lambda v: v >= 1, ">= 1", "the largest number of ranks to plan for, e.g. 512.")
     if args.link:
         link = planner.Link.load(args.link)
     elif args.latency_us is not None and args.gbit is not None:
         link = planner.Link.from_figures(args.latency_us, args.gbit)
     else:
-        raise ValueError("plan needs --link link.json (from `hvd-keras bench-allreduce`) or both --latency-us "
-                         "and --gbit. HINT: hvd-keras bench-allreduce -np 2 -o link.json")
+        raise ValueError(f"plan needs --link link.json (from `hvd-keras bench-allreduce`) or both --latency-us "
+                         f"and --gbit. Received: {_given(args, 'latency_us', 'gbit')}. "
+                         "HINT: hvd-keras bench-allreduce -np 2 -o link.json")
     if args.profile:
         profile = planner.Profile.load(args.profile)
     elif None not in (args.step_ms, args.gradient_mb, args.batch_size):
         profile = planner.Profile(args.step_ms / 1e3, int(args.gradient_mb * 1e6), args.batch_size)
     else:
         raise ValueError("plan needs --profile prof.json or all of --step-ms, --gradient-mb and --batch-size. "
+                         f"Received: {_given(args, 'step_ms', 'gradient_mb', 'batch_size')}. "
                          "HINT: hvd_keras.planner.profile(model, x, y, batch_size).save('prof.json')")
     if args.step_spread_ms is not None:
         profile = dataclasses.replace(profile, step_seconds_spread=args.step_spread_ms / 1e3)
@@ -86,9 +107,14 @@ def main(argv=None):
         try:
             return _plan(args)
         except (ValueError, OSError) as e:
-            print(f"hvd-keras: error: {e}", file=sys.stderr)
+            print(f"hvd-keras: error: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return 2
     if args.command == "bench-allreduce":
+        if args.np is None or args.np < 2 or args.repeats < 1:
+            print(f"hvd-keras: error: bench-allreduce needs 2 or more processes and 1 or more repeats. Received: "
+                  f"-np {args.np} --repeats {args.repeats}. HINT: -np 2 measures one host; -np with the "
+                  "slots of several hosts (-H) measures the network.", file=sys.stderr)
+            return 2
         config = launcher.LaunchConfig(script=None, module="hvd_keras._bench_allreduce",
                                        script_args=(args.output, str(args.repeats)), np=args.np,
                                        hosts=args.hosts, controller=args.controller)

@@ -41,19 +41,39 @@ DEFAULT_SIZES = tuple(2 ** k for k in range(10))
 class _JsonFile:
     """Saving and loading a dataclass of plain fields as JSON."""
 
+    #: How a file of this kind is made, for the errors of `load`.
+    MADE_BY = ""
+
     def save(self, path):
         with open(path, "w") as f:
             json.dump(dataclasses.asdict(self), f, indent=1)
 
     @classmethod
     def load(cls, path):
-        with open(path) as f:
-            return cls(**json.load(f))
+        """The object saved at `path`; a missing, unreadable or foreign file is a one-line error."""
+        name = cls.__name__
+        try:
+            with open(path) as f:
+                fields = json.load(f)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot read the {name} file {path!r}: {e.strerror}. HINT: {cls.MADE_BY}") from None
+        except ValueError as e:
+            raise ValueError(f"{path!r} is not JSON ({e}). HINT: {cls.MADE_BY}") from None
+        expected = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        if not isinstance(fields, dict) or set(fields) - set(expected) or set(required) - set(fields):
+            received = sorted(fields) if isinstance(fields, dict) else type(fields).__name__
+            raise ValueError(f"{path!r} is not a {name} file. Received fields: {received}. Expected: "
+                             f"{', '.join(required)} (optional: {', '.join(sorted(set(expected) - set(required))) or 'none'}). "
+                             f"HINT: {cls.MADE_BY}")
+        return cls(**fields)
 
 
 @dataclasses.dataclass(frozen=True)
 class Link(_JsonFile):
     """The allreduce cost of a set of hosts: per-step latency (s) and bus bandwidth (bytes/s)."""
+
+    MADE_BY = "make it with `hvd-keras bench-allreduce -np 2 -o link.json` on the hosts."
 
     latency: float
     bandwidth: float
@@ -116,16 +136,21 @@ class Profile(_JsonFile):
     rank is predicted.
     """
 
+    MADE_BY = "make it with hvd_keras.planner.profile(model, x, y, batch_size).save(path) on one process."
+
     step_seconds: float
     gradient_bytes: int
     batch_size: int
     step_seconds_spread: float = 0.0
 
     def __post_init__(self):
-        if not (self.step_seconds > 0 and self.step_seconds_spread >= 0):
-            raise ValueError(f"Profile needs step_seconds > 0 and step_seconds_spread >= 0. Received: "
-                             f"step_seconds={self.step_seconds}, step_seconds_spread={self.step_seconds_spread}. "
-                             "HINT: give seconds, as hvd_keras.planner.profile measures them.")
+        if not (self.step_seconds > 0 and self.step_seconds_spread >= 0 and self.gradient_bytes >= 0
+                and self.batch_size >= 1):
+            raise ValueError(f"Profile needs step_seconds > 0, step_seconds_spread >= 0, gradient_bytes >= 0 and "
+                             f"batch_size >= 1. Received: step_seconds={self.step_seconds}, "
+                             f"step_seconds_spread={self.step_seconds_spread}, gradient_bytes={self.gradient_bytes}, "
+                             f"batch_size={self.batch_size}. HINT: give seconds, bytes and samples per rank, "
+                             "as hvd_keras.planner.profile measures them.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +247,9 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     `warmup` steps (tracing) in a first epoch, then the mean of `steps` timed
     steps, and their spread (a standard deviation estimated from the
     interquartile range, so that a rare pause does not count as every
-    step's variation). Weights and optimizer state are put back afterwards.
+    step's variation). The spread needs 8 timed calls of the train
+    function: at least 8 k steps are timed, k being `steps_per_execution`.
+    Weights and optimizer state are put back afterwards.
 
     Example:
 
@@ -247,6 +274,12 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     weights = model.get_weights()
     opt_vars = [v.numpy() for v in model.optimizer.variables]
     model.fit(batches, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
+    # With steps_per_execution k a batch begins every k steps, and every one
+    # of those k steps waits for the slowest rank: the spread of one step is
+    # that of k independent ones divided by sqrt(k). robust_spread needs 8
+    # intervals, so 8 calls at least are timed.
+    per_call = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
+    steps = max(int(steps), MIN_SPREAD_SAMPLES * per_call)
     starts = []
 
     # Batch beginnings only: a batch-end hook would make Keras dispatch every
@@ -262,18 +295,18 @@ def profile(model, x, y, batch_size, steps=20, warmup=3, bytes_per_value=None):
     model.set_weights(weights)
     for v, value in zip(model.optimizer.variables, opt_vars):
         v.assign(value)
-    # With steps_per_execution k a batch begins every k steps, and every one
-    # of those k steps waits for the slowest rank: the spread of one step is
-    # that of k independent ones divided by sqrt(k).
-    per_call = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
     durations = [b - a for a, b in zip(starts, starts[1:])]
     return Profile((starts[-1] - starts[0]) / steps, gradient_bytes(model, bytes_per_value), int(batch_size),
                    robust_spread(durations) / math.sqrt(per_call))
 
 
+#: Fewest values from which `robust_spread` estimates a spread.
+MIN_SPREAD_SAMPLES = 8
+
+
 def robust_spread(values):
     """The standard deviation of `values` as their interquartile range estimates it (0 for fewer than 8)."""
-    if len(values) < 8:
+    if len(values) < MIN_SPREAD_SAMPLES:
         return 0.0
     q1, _, q3 = statistics.quantiles(values, n=4)
     return (q3 - q1) / 1.349
@@ -285,8 +318,8 @@ def measure_allreduce(sizes_bytes=(4 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 2
     Runs under a launch (`hvd-keras bench-allreduce` does it); the timed
     function is compiled, like the train step's allreduce, and its time
     includes Horovod's negotiation. Each point is the mean over `repeats`:
-    a training run pays the mean, its tail included (Gloo's small-message
-    latency measured here: median 2.6 ms, 90th percentile 7 ms).
+    a training run pays the mean, its tail included (a small message's time
+    varies several-fold between repeats on a busy host).
     """
     from hvd_keras._horovod import hvd, tf
     from hvd_keras.runtime import barrier, init, size

@@ -125,12 +125,48 @@ def test_profile_times_fit_steps_and_restores_the_model():
     before = [w.copy() for w in model.get_weights()]
     prof = hvd_keras.planner.profile(model, x, y, batch_size=32, steps=5, warmup=2)
     assert prof.batch_size == 32 and prof.gradient_bytes == 4 * model.count_params()
-    assert 0 < prof.step_seconds < 1 and prof.step_seconds_spread == 0.0  # 5 steps: too few to say
+    # 5 steps are too few for a spread: 8 are timed.
+    assert 0 < prof.step_seconds < 1 and prof.step_seconds_spread > 0
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert int(model.optimizer.iterations.numpy()) == 0
     plan = hvd_keras.plan(profile_=prof, link=Link.from_figures(10, 10), sizes=(1, 2))
     assert plan.at(1).samples_per_sec == pytest.approx(32 / prof.step_seconds)
+
+
+def test_profile_measures_the_spread_under_steps_per_execution():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1)), loss="mse",
+                  steps_per_execution=4)
+    x, y = np.random.rand(64, 8).astype("float32"), np.random.rand(64, 1).astype("float32")
+    calls = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            calls.append(batch)
+
+    # The default 20 steps are 5 calls of 4 steps: too few for a spread, so 8 calls are timed.
+    original_fit = model.fit
+    model.fit = lambda *a, callbacks=(), **k: original_fit(*a, callbacks=[*callbacks, Count()], **k)
+    prof = hvd_keras.planner.profile(model, x, y, batch_size=32)
+    assert prof.step_seconds_spread > 0
+    assert calls[-8:] == [0, 4, 8, 12, 16, 20, 24, 28]
+
+
+def test_profile_and_link_files_that_are_wrong_say_how_to_make_them(tmp_path):
+    link = tmp_path / "link.json"
+    Link.from_figures(10, 25).save(str(link))
+    with pytest.raises(ValueError, match=r"is not a Profile file\. Received fields: \['bandwidth', 'latency', "
+                                         r"'source'\]\. Expected: step_seconds, gradient_bytes, batch_size .*"
+                                         r"HINT: make it with hvd_keras.planner.profile"):
+        Profile.load(str(link))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="is not JSON .* HINT: make it with `hvd-keras bench-allreduce"):
+        Link.load(str(tmp_path / "bad.json"))
+    with pytest.raises(FileNotFoundError, match="cannot read the Link file .*: No such file or directory. HINT"):
+        Link.load(str(tmp_path / "missing.json"))
+    assert Link.load(str(link)) == Link.from_figures(10, 25)
 
 
 def test_bad_input_is_one_line_with_a_hint():
@@ -140,6 +176,10 @@ def test_bad_input_is_one_line_with_a_hint():
         hvd_keras.plan(profile_=Profile(0.01, 100, 1))
     with pytest.raises(ValueError, match="bandwidth > 0"):
         Link(1e-6, 0)
+    with pytest.raises(ValueError, match="gradient_bytes=-1, batch_size=1"):
+        Profile(0.01, -1, 1)
+    with pytest.raises(ValueError, match="batch_size=0. HINT"):
+        Profile(0.01, 100, 0)
 
 
 def _cli(*args, timeout=180):
@@ -159,9 +199,36 @@ def test_cli_plan_prints_the_table_to_512_ranks():
     assert spread.returncode == 0 and "spread 8.00 ms" in spread.stdout, spread.stderr[-2000:]
     negative = _cli("plan", "--latency-us", "10", "--gbit", "25", "--step-ms", "416", "--gradient-mb", "1",
                     "--batch-size", "64", "--step-spread-ms", "-1")
-    assert negative.returncode == 2 and "step_seconds_spread >= 0" in negative.stderr
+    assert negative.returncode == 2 and "--step-spread-ms must be >= 0. Received: --step-spread-ms -1.0" in negative.stderr
     proc = _cli("plan", "--step-ms", "10")
     assert proc.returncode == 2 and "HINT: hvd-keras bench-allreduce" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--max-np", "0"), "--max-np must be >= 1. Received: --max-np 0. HINT"),
+    (("--gradient-mb", "-1"), "--gradient-mb must be >= 0. Received: --gradient-mb -1.0. HINT"),
+    (("--batch-size", "0"), "--batch-size must be >= 1. Received: --batch-size 0. HINT"),
+    (("--gbit", "0"), "--gbit must be > 0. Received: --gbit 0.0. HINT"),
+])
+def test_cli_plan_names_the_bad_flag(args, message):
+    given = {"--latency-us": "10", "--gbit": "25", "--step-ms": "10", "--gradient-mb": "1", "--batch-size": "8"}
+    given.update(dict(zip(args[::2], args[1::2])))
+    proc = _cli("plan", *[word for pair in given.items() for word in pair])
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_plan_says_what_it_received_and_rejects_a_foreign_file(tmp_path):
+    proc = _cli("plan", "--gbit", "25", "--step-ms", "10", "--gradient-mb", "1", "--batch-size", "8")
+    assert proc.returncode == 2 and "Received: --gbit 25.0. HINT" in proc.stderr
+    Link.from_figures(10, 25).save(str(tmp_path / "link.json"))
+    proc = _cli("plan", "--link", str(tmp_path / "link.json"), "--profile", str(tmp_path / "link.json"))
+    assert proc.returncode == 2 and "is not a Profile file" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli("plan", "--link", str(tmp_path / "none.json"), "--step-ms", "10", "--gradient-mb", "1",
+                "--batch-size", "8")
+    assert proc.returncode == 2 and "cannot read the Link file" in proc.stderr and "HINT: make it with" in proc.stderr
+    proc = _cli("bench-allreduce", "-np", "1", timeout=60)
+    assert proc.returncode == 2 and "needs 2 or more processes" in proc.stderr and "Received: -np 1" in proc.stderr
 
 
 @pytest.mark.parametrize("controller", ["gloo", "mpi"])
