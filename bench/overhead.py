@@ -27,6 +27,7 @@ Variants:
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
     p.add_argument("--controller", choices=["gloo", "mpi"], default="mpi")
     p.add_argument("--no-pin", action="store_true", help="do not pin each rank to a core")
+    p.add_argument("--save", help="also write every round's figures to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -204,6 +206,9 @@ def main(args):
     if args.no_pin:
         forwarded.append("--no-pin")
     results = _harness.run_ranks(args.np, os.path.abspath(__file__), forwarded, controller=args.controller)
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump(results, f, indent=1)
     hooks = results.pop("agreement_hooks")
     extra = results.pop("epoch_extra_ms")
     print(f"np={args.np} {args.controller}, {args.steps} steps x {args.rounds} rounds, per-rank batch "

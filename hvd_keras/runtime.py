@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sys
 
 from hvd_keras import placement, scheduling
 from hvd_keras.cluster import job_size
@@ -34,7 +35,11 @@ def init(comm=None):
             as `horovod.init(comm=...)` takes: hvd_keras then runs inside an
             existing MPI program, or on a sub-communicator. Needs the MPI
             controller (`mpirun`, `horovodrun --mpi`). Default: all processes
-            of the launch.
+            of the launch. MPI was started before this call, so OpenMPI's
+            settings can no longer be applied here: export
+            `OMPI_MCA_mpi_yield_when_idle=1` in the job script (rank 0 says
+            so when it is missing), and OpenMPI's own threads keep their
+            scheduling policy.
 
     Example:
 
@@ -52,6 +57,7 @@ def init(comm=None):
     # collective (a bug, a rank-only branch) would leave the others waiting
     # forever, so Horovod names the missing ranks after a minute and shuts
     # the job down instead of hanging.
+    mpi_started_without_yield = comm is not None and _MPI_YIELD not in os.environ and _open_mpi_running()
     apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")),
                           np=job_size() if comm is None else _comm_size(comm))
     threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
@@ -59,12 +65,25 @@ def init(comm=None):
         before = scheduling.threads()
         hvd.init() if comm is None else hvd.init(comm=comm)
         scheduling.apply(scheduling.started_by_horovod(before), threads_policy)
+    if mpi_started_without_yield and hvd.rank() == 0:
+        print(f"hvd_keras: MPI was started before init(comm=...) without {_MPI_YIELD}=1, so OpenMPI busy-polls in "
+              "Horovod's thread and takes the core from the rank's compute. HINT: export "
+              f"{_MPI_YIELD}=1 in the job script, before Python starts MPI.", file=sys.stderr, flush=True)
     # No collective here: it would run a TensorFlow op and so freeze
     # TensorFlow's configuration (threads, devices) before the user's script
     # sets it. The placements are compared in the first collective hvd_keras
     # runs anyway (broadcast.check_same_structure, before the first step).
     _state["placement"] = pin_gpu(tf.config, socket.gethostname(), hvd.rank(), hvd.local_rank(),
                                   hvd.local_size())
+
+
+_MPI_YIELD = "OMPI_MCA_mpi_yield_when_idle"
+
+
+def _open_mpi_running():
+    """Whether the MPI that mpi4py started is Open MPI (whose settings come from OMPI_MCA_ variables)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and mpi.get_vendor()[0] == "Open MPI"
 
 
 def _comm_size(comm):

@@ -19,7 +19,9 @@ Horovod's threads launch its collectives: they keep the normal policy.
 
 The policy comes from `HVD_KERAS_HOROVOD_THREADS` (`idle` or `normal`),
 which `hvd_keras.init()` sets, unless set, by the devices it sees
-(`launcher.recommended_env`).
+(`launcher.recommended_env`). It reaches the threads that Horovod's own
+initialisation starts: under `init(comm=...)` MPI was started earlier, and
+OpenMPI's threads keep their policy.
 """
 
 import os
