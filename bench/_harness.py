@@ -7,6 +7,7 @@ min and max. Ratios are taken within a round, then their median.
 """
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -19,17 +20,32 @@ import time
 RESULT_FILE_ENV = "HVD_KERAS_BENCH_RESULT"
 
 
-def interleave(variants, rounds):
+def interleave(variants, rounds, more=None):
     """Runs `variants` ({name: fn() -> value}) `rounds` times, order reversed every other round.
 
-    Returns {name: [value per round]}.
+    With `more` (a function of the results so far), rounds go on after the
+    first `rounds` while it returns True. Returns {name: [value per round]}.
     """
     names = list(variants)
     results = {name: [] for name in names}
-    for i in range(rounds):
+    i = 0
+    while i < rounds or (more is not None and more(results)):
         for name in names if i % 2 == 0 else names[::-1]:
             results[name].append(variants[name]())
+        i += 1
     return results
+
+
+def median_interval(values, z=1.96):
+    """A distribution-free 95% confidence interval of the median of `values`, as (low, high).
+
+    The order statistics whose ranks are n/2 -+ z sqrt(n)/2: no assumption
+    about the noise's distribution, which on a shared machine has long tails.
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    return ordered[max(math.floor(n / 2 - half), 0)], ordered[min(math.ceil(n / 2 + half), n - 1)]
 
 
 def spread(values):

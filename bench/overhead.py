@@ -10,7 +10,13 @@ every variant from the start of step 20 (the input pipeline filled) to the
 end of the epoch's last step; what each epoch costs beyond that (fit's
 set-up, the iterator's creation and teardown) is printed beside it.
 
-    .venv/bin/python bench/overhead.py [--np 2] [--rounds 15] [--steps 200] [--controller mpi|gloo]
+    .venv/bin/python bench/overhead.py [--np 2] [--rounds 15] [--precision 0.01] [--max-minutes 10]
+        [--steps 200] [--controller mpi|gloo] [--save rounds.json]
+
+After the first `--rounds`, rounds go on until the median's 95% confidence
+interval (distribution-free, from order statistics) is within +-1% of the
+median fit ratio, for at most `--max-minutes`: a quiet machine stops early,
+a noisy one measures longer instead of reporting noise.
 
 Variants:
 - `fit`: `model.fit` with `hvd_keras.DistributedOptimizer`, as users run it
@@ -39,7 +45,12 @@ import _harness  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--np", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--rounds", type=int, default=15, help="rounds at least")
+    p.add_argument("--precision", type=float, default=0.01,
+                   help="after --rounds, rounds go on until the 95%% interval of the median fit ratio is within "
+                        "+-this share of it (default 0.01), or --max-minutes have passed")
+    p.add_argument("--max-minutes", type=float, default=10.0,
+                   help="time limit of the rounds beyond --rounds (0: exactly --rounds)")
     p.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
     p.add_argument("--controller", choices=["gloo", "mpi"], default="mpi")
@@ -187,14 +198,25 @@ def worker(args):
     for run in variants.values():
         run()  # trace and warm up
     TimedAgreement.seconds, TimedAgreement.steps = {}, 0
-    timings = _harness.interleave(variants, args.rounds)
+    reference = "loop" if hvd_keras.size() > 1 else "keras fit"
+    deadline = time.monotonic() + 60 * args.max_minutes
+
+    def more(timings):
+        # Rank 0 decides, on its figures and its clock, and every rank
+        # follows: each round is a run of collectives.
+        ratios = _harness.ratios([r for r, _ in timings["fit"]], [r for r, _ in timings[reference]])
+        low, high = _harness.median_interval(ratios)
+        wanted = time.monotonic() < deadline and (high - low) / 2 > args.precision * _harness.spread(ratios)[0]
+        return hvd.broadcast_object(wanted, root_rank=0) if hvd_keras.size() > 1 else wanted
+
+    timings = _harness.interleave(variants, args.rounds, more)
     results = {name: [rate for rate, _ in values] for name, values in timings.items()}
     # What an epoch costs beyond its steps at the steady rate: fit's set-up,
     # the iterator's creation and teardown, the first steps.
     results["epoch_extra_ms"] = {name: [1e3 * (whole - args.steps / rate) for rate, whole in values]
                                  for name, values in timings.items()}
     results["agreement_hooks"] = {hook: 1e6 * total / (TimedAgreement.steps if hook == "on_train_batch_end"
-                                                        else args.rounds)
+                                                        else len(timings["fit"]))
                                   for hook, total in TimedAgreement.seconds.items()}
     results["agreement_hooks"]["in_step"] = flags_output_cost()
     if hvd_keras.is_chief():
@@ -202,7 +224,8 @@ def worker(args):
 
 
 def main(args):
-    forwarded = ["--rounds", str(args.rounds), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    forwarded = ["--rounds", str(args.rounds), "--precision", str(args.precision), "--max-minutes",
+                 str(args.max_minutes), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     if args.no_pin:
         forwarded.append("--no-pin")
     results = _harness.run_ranks(args.np, os.path.abspath(__file__), forwarded, controller=args.controller)
@@ -211,15 +234,21 @@ def main(args):
             json.dump(results, f, indent=1)
     hooks = results.pop("agreement_hooks")
     extra = results.pop("epoch_extra_ms")
-    print(f"np={args.np} {args.controller}, {args.steps} steps x {args.rounds} rounds, per-rank batch "
+    rounds = len(results["fit"])
+    print(f"np={args.np} {args.controller}, {args.steps} steps x {rounds} rounds, per-rank batch "
           f"{args.batch_size}, {'unpinned' if args.no_pin else 'one core per rank'}; median (min-max)")
     for name, values in results.items():
         print(f"  {name:<22} steps/s {_harness.fmt(values, 1)}, per epoch beyond its steps "
               f"{_harness.fmt(extra[name], 1)} ms")
-    print(f"  fit / loop             {_harness.fmt(_harness.ratios(results['fit'], results['loop']), 3)}")
+
+    def ratio_line(label, reference, note=""):
+        ratios = _harness.ratios(results["fit"], results[reference])
+        low, high = _harness.median_interval(ratios)
+        print(f"  {label:<22} {_harness.fmt(ratios, 3)}; 95% interval of the median {low:.3f}-{high:.3f}{note}")
+
+    ratio_line("fit / loop", "loop")
     if "keras fit" in results:
-        print(f"  fit / keras fit        {_harness.fmt(_harness.ratios(results['fit'], results['keras fit']), 3)}"
-              " (plain Keras: no hvd_keras optimizer, nothing sent at size 1)")
+        ratio_line("fit / keras fit", "keras fit", " (plain Keras: no hvd_keras optimizer, nothing sent at size 1)")
     if "fit, no agreement" not in results:
         return
     agreement = _harness.ratios(results["fit"], results["fit, no agreement"])
