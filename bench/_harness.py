@@ -39,13 +39,18 @@ def interleave(variants, rounds, more=None):
 def median_interval(values, z=1.96):
     """A distribution-free 95% confidence interval of the median of `values`, as (low, high).
 
-    The order statistics whose ranks are n/2 -+ z sqrt(n)/2: no assumption
-    about the noise's distribution, which on a shared machine has long tails.
+    The order statistics of ranks floor((n - z sqrt(n)) / 2) and
+    ceil(1 + (n + z sqrt(n)) / 2), counted from 1: no assumption about the
+    noise's distribution, which on a shared machine has long tails. Too few
+    values for such an interval (under 6) give (-inf, inf).
     """
     ordered = sorted(values)
     n = len(ordered)
-    half = z * math.sqrt(n) / 2
-    return ordered[max(math.floor(n / 2 - half), 0)], ordered[min(math.ceil(n / 2 + half), n - 1)]
+    low = math.floor((n - z * math.sqrt(n)) / 2)
+    high = math.ceil(1 + (n + z * math.sqrt(n)) / 2)
+    if low < 1 or high > n:
+        return -math.inf, math.inf
+    return ordered[low - 1], ordered[high - 1]
 
 
 def spread(values):

@@ -50,14 +50,18 @@ def parse_args():
                    help="after --rounds, rounds go on until the 95%% interval of the median fit ratio is within "
                         "+-this share of it (default 0.01), or --max-minutes have passed")
     p.add_argument("--max-minutes", type=float, default=10.0,
-                   help="time limit of the rounds beyond --rounds (0: exactly --rounds)")
+                   help="no round starts after this many minutes of rounds, beyond the first --rounds "
+                        "(0: exactly --rounds)")
     p.add_argument("--steps", type=int, default=200, help="steps per timed epoch")
     p.add_argument("--batch-size", type=int, default=64, help="per rank")
     p.add_argument("--controller", choices=["gloo", "mpi"], default="mpi")
     p.add_argument("--no-pin", action="store_true", help="do not pin each rank to a core")
     p.add_argument("--save", help="also write every round's figures to this JSON file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args()
+    args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1. Received: --rounds {args.rounds}. HINT: the default 15 is a good start.")
+    return args
 
 
 def worker(args):
@@ -199,15 +203,18 @@ def worker(args):
         run()  # trace and warm up
     TimedAgreement.seconds, TimedAgreement.steps = {}, 0
     reference = "loop" if hvd_keras.size() > 1 else "keras fit"
-    deadline = time.monotonic() + 60 * args.max_minutes
+    deadline = []  # set when the first --rounds are done
 
     def more(timings):
         # Rank 0 decides, on its figures and its clock, and every rank
         # follows: each round is a run of collectives.
         ratios = _harness.ratios([r for r, _ in timings["fit"]], [r for r, _ in timings[reference]])
         low, high = _harness.median_interval(ratios)
-        wanted = time.monotonic() < deadline and (high - low) / 2 > args.precision * _harness.spread(ratios)[0]
-        return hvd.broadcast_object(wanted, root_rank=0) if hvd_keras.size() > 1 else wanted
+        median = _harness.spread(ratios)[0]
+        deadline[:] = deadline or [time.monotonic() + 60 * args.max_minutes]
+        wanted = time.monotonic() < deadline[0] and max(high - median, median - low) > args.precision * median
+        return bool(hvd.broadcast_object(wanted, root_rank=0, name="overhead.more")) if hvd_keras.size() > 1 \
+            else wanted
 
     timings = _harness.interleave(variants, args.rounds, more)
     results = {name: [rate for rate, _ in values] for name, values in timings.items()}

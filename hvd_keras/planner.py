@@ -66,7 +66,10 @@ class _JsonFile:
             raise ValueError(f"{path!r} is not a {name} file. Received fields: {received}. Expected: "
                              f"{', '.join(required)} (optional: {', '.join(sorted(set(expected) - set(required))) or 'none'}). "
                              f"HINT: {cls.MADE_BY}")
-        return cls(**fields)
+        try:
+            return cls(**fields)
+        except TypeError as e:  # a field of the wrong type: a string, null
+            raise ValueError(f"{path!r} is not a {name} file ({e}). HINT: {cls.MADE_BY}") from None
 
 
 @dataclasses.dataclass(frozen=True)

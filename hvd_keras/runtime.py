@@ -57,7 +57,9 @@ def init(comm=None):
     # collective (a bug, a rank-only branch) would leave the others waiting
     # forever, so Horovod names the missing ranks after a minute and shuts
     # the job down instead of hanging.
-    mpi_started_without_yield = comm is not None and _MPI_YIELD not in os.environ and _open_mpi_running()
+    # mpi4py (init(comm=...), or imported by the user's script) started MPI
+    # already: OpenMPI has read its settings, and setting them now is too late.
+    mpi_started_without_yield = _MPI_YIELD not in os.environ and _open_mpi_running()
     apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")),
                           np=job_size() if comm is None else _comm_size(comm))
     threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
@@ -66,7 +68,7 @@ def init(comm=None):
         hvd.init() if comm is None else hvd.init(comm=comm)
         scheduling.apply(scheduling.started_by_horovod(before), threads_policy)
     if mpi_started_without_yield and hvd.rank() == 0:
-        print(f"hvd_keras: MPI was started before init(comm=...) without {_MPI_YIELD}=1, so OpenMPI busy-polls in "
+        print(f"hvd_keras: mpi4py started MPI before hvd_keras.init() without {_MPI_YIELD}=1, so OpenMPI busy-polls in "
               "Horovod's thread and takes the core from the rank's compute. HINT: export "
               f"{_MPI_YIELD}=1 in the job script, before Python starts MPI.", file=sys.stderr, flush=True)
     # No collective here: it would run a TensorFlow op and so freeze

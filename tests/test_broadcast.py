@@ -31,7 +31,7 @@ def test_init_on_an_mpi4py_communicator(tmp_path, mode):
     proc = subprocess.run(cmd, env=env, cwd=SCRIPTS, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # MPI started before hvd_keras: too late to set OpenMPI's idle yielding, so the rank 0 of each job says how.
-    note = "before init(comm=...) without OMPI_MCA_mpi_yield_when_idle=1"
+    note = "mpi4py started MPI before hvd_keras.init() without OMPI_MCA_mpi_yield_when_idle=1"
     assert proc.stderr.count(note) == (1 if mode == "dup" else 2), proc.stderr[-3000:]
     r0, r1 = load_ranks(out, 2)
     if mode == "dup":

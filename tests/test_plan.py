@@ -166,6 +166,9 @@ def test_profile_and_link_files_that_are_wrong_say_how_to_make_them(tmp_path):
         Link.load(str(tmp_path / "bad.json"))
     with pytest.raises(FileNotFoundError, match="cannot read the Link file .*: No such file or directory. HINT"):
         Link.load(str(tmp_path / "missing.json"))
+    (tmp_path / "null.json").write_text('{"step_seconds": null, "gradient_bytes": 1, "batch_size": 1}')
+    with pytest.raises(ValueError, match="is not a Profile file .*HINT: make it with hvd_keras.planner.profile"):
+        Profile.load(str(tmp_path / "null.json"))
     assert Link.load(str(link)) == Link.from_figures(10, 25)
 
 
