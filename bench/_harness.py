@@ -6,6 +6,7 @@ alternating between rounds, and the median over rounds is reported with its
 min and max. Ratios are taken within a round, then their median.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -124,28 +125,22 @@ def run_ranks(np_, script, args, controller="gloo", env=None, launcher_args=()):
     return result
 
 
-class result_file:
+@contextlib.contextmanager
+def result_file(env):
     """`with result_file(env) as (env, take)`: `env` names a fresh result file; `take(stdout)` reads the result.
 
     `take` falls back to a RESULT line in `stdout` (a worker started by hand).
     """
+    with tempfile.TemporaryDirectory(prefix="hvd_keras_bench_") as directory:
+        path = os.path.join(directory, "result.json")
 
-    def __init__(self, env):
-        self._dir = tempfile.TemporaryDirectory(prefix="hvd_keras_bench_")
-        self._path = os.path.join(self._dir.name, "result.json")
-        self._env = dict(env, **{RESULT_FILE_ENV: self._path})
+        def take(stdout=""):
+            if os.path.exists(path):
+                with open(path) as f:
+                    return json.load(f)
+            return read_result(stdout)
 
-    def __enter__(self):
-        return self._env, self._take
-
-    def __exit__(self, *exc):
-        self._dir.cleanup()
-
-    def _take(self, stdout=""):
-        if os.path.exists(self._path):
-            with open(self._path) as f:
-                return json.load(f)
-        return read_result(stdout)
+        yield dict(env, **{RESULT_FILE_ENV: path}), take
 
 
 def read_result(text):

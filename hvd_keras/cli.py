@@ -101,6 +101,25 @@ def _plan(args):
     return 0
 
 
+def _bench_allreduce_config(args):
+    if args.np is None or args.np < 2 or args.repeats < 1:
+        raise launcher.LaunchError(
+            f"bench-allreduce needs 2 or more processes and 1 or more repeats. Received: -np {args.np} "
+            f"--repeats {args.repeats}. HINT: -np 2 measures one host; -np with the slots of several hosts "
+            "(-H) measures the network.")
+    return launcher.LaunchConfig(script=None, module="hvd_keras._bench_allreduce",
+                                 script_args=(args.output, str(args.repeats)), np=args.np, hosts=args.hosts,
+                                 controller=args.controller)
+
+
+def _run_config(args):
+    return launcher.LaunchConfig(
+        script=args.script, script_args=tuple(args.script_args), np=args.np, hosts=args.hosts,
+        hostfile=args.hostfile, controller=args.controller, slurm=args.slurm or "auto", gpus=args.gpus,
+        dry_run=args.dry_run,
+    )
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "plan":
@@ -109,27 +128,8 @@ def main(argv=None):
         except (ValueError, OSError) as e:
             print(f"hvd-keras: error: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
             return 2
-    if args.command == "bench-allreduce":
-        if args.np is None or args.np < 2 or args.repeats < 1:
-            print(f"hvd-keras: error: bench-allreduce needs 2 or more processes and 1 or more repeats. Received: "
-                  f"-np {args.np} --repeats {args.repeats}. HINT: -np 2 measures one host; -np with the "
-                  "slots of several hosts (-H) measures the network.", file=sys.stderr)
-            return 2
-        config = launcher.LaunchConfig(script=None, module="hvd_keras._bench_allreduce",
-                                       script_args=(args.output, str(args.repeats)), np=args.np,
-                                       hosts=args.hosts, controller=args.controller)
-        try:
-            return launcher.run(config)
-        except (launcher.LaunchError, RuntimeError) as e:
-            print(f"hvd-keras: error: {e}", file=sys.stderr)
-            return 2
-    config = launcher.LaunchConfig(
-        script=args.script, script_args=tuple(args.script_args), np=args.np, hosts=args.hosts,
-        hostfile=args.hostfile, controller=args.controller, slurm=args.slurm or "auto", gpus=args.gpus,
-        dry_run=args.dry_run,
-    )
     try:
-        return launcher.run(config)
+        return launcher.run(_bench_allreduce_config(args) if args.command == "bench-allreduce" else _run_config(args))
     except (launcher.LaunchError, RuntimeError) as e:
         print(f"hvd-keras: error: {e}", file=sys.stderr)
         return 2
