@@ -1,34 +1,15 @@
 """hvd_keras: Horovod data-parallel training for Keras 3.
 
-The public API lives here; submodules hold one concept each.
+The public API is loaded on its first use (`hvd_keras.init()`, `from hvd_keras
+import DistributedOptimizer`), which imports TensorFlow and horovod and hooks
+Keras's trainer (`hvd_keras._api`). `import hvd_keras` alone imports neither,
+so that `hvd-keras build-horovod` and `hvd-keras doctor` run where horovod is
+missing or broken, and the launcher starts at once. Where horovod is missing,
+the first use says so in one line with the command that fixes it.
+Submodules hold one concept each.
 """
 
 __version__ = "0.1.0"
-
-from hvd_keras import _compat, pipeline, preemption, train_function  # noqa: E402
-
-_compat.check()
-_compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit,
-                              fit_callbacks=train_function.fit_callbacks, input_dataset=pipeline.adjust)
-
-from hvd_keras import callbacks, data, planner, schedules  # noqa: E402
-from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402
-from hvd_keras.checkpoint import resume  # noqa: E402
-from hvd_keras.metrics import exact_metrics  # noqa: E402
-from hvd_keras.optimizer import DistributedOptimizer  # noqa: E402
-from hvd_keras.output import plot_history, rank_zero_output  # noqa: E402
-from hvd_keras.planner import plan  # noqa: E402
-from hvd_keras.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
-from hvd_keras.runtime import (  # noqa: E402
-    barrier,
-    init,
-    is_chief,
-    local_rank,
-    local_size,
-    rank,
-    size,
-)
-from hvd_keras.schedules import scale_learning_rate  # noqa: E402
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -53,3 +34,18 @@ __all__ = [
     "rank",
     "size",
 ]
+
+
+def __getattr__(name):
+    # Called for names not yet defined here: the public ones load the API.
+    # While hvd_keras._api itself imports a submodule by this name, it is not
+    # defined there yet, and the AttributeError lets the import system load it.
+    if name not in __all__:
+        raise AttributeError(f"module 'hvd_keras' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module("hvd_keras._api"), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

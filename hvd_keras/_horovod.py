@@ -5,28 +5,12 @@ preconditions (TensorFlow backend, horovod built with TensorFlow) are checked
 in one place and fail with one line that names the fix.
 """
 
-import json
 import os
 import re
 import sys
 import tempfile
 
-
-def _configured_backend():
-    # Read the backend before importing keras: importing keras with an
-    # uninstalled backend (KERAS_BACKEND=jax without jax) fails inside keras
-    # with an error that does not mention hvd_keras.
-    backend = os.environ.get("KERAS_BACKEND")
-    if backend:
-        return backend, "KERAS_BACKEND"
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    config = os.path.join(keras_home, "keras.json")
-    try:
-        with open(config) as f:
-            backend = json.load(f).get("backend")
-    except (OSError, ValueError):
-        backend = None
-    return (backend or "tensorflow"), config
+from hvd_keras._keras_config import configured_backend as _configured_backend
 
 
 def check_backend():
@@ -81,7 +65,16 @@ def import_tensorflow_quietly(environ=os.environ):
 
 
 check_backend()
-import_tensorflow_quietly()
+try:
+    import_tensorflow_quietly()
+except ImportError as e:
+    if "tensorflow" not in str(e):
+        raise
+    raise ImportError(
+        "hvd_keras needs TensorFlow 2.16 to 2.21. "
+        f"Received: {str(e).splitlines()[0]}. HINT: pip install 'tensorflow-cpu>=2.16,<2.22' (CPUs) or "
+        "'tensorflow[and-cuda]>=2.16,<2.22' (GPUs), then hvd-keras build-horovod."
+    ) from None
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -97,11 +90,10 @@ try:
     import horovod.tensorflow as hvd  # noqa: E402
 except ImportError as e:  # horovod missing, or built without TensorFlow
     raise ImportError(
-        "hvd_keras needs horovod built with TensorFlow support. "
+        f"hvd_keras needs horovod 0.28.1 built against this TensorFlow ({tf.__version__}). "
         f"Received: `import horovod.tensorflow` failed ({str(e).splitlines()[0]}). "
-        "HINT: rebuild horovod against the installed TensorFlow with "
-        "`make setup` (or HOROVOD_WITH_TENSORFLOW=1 pip install "
-        "--no-build-isolation horovod==0.28.1)."
+        "HINT: run `hvd-keras build-horovod` in this environment (it builds and caches horovod for the "
+        "installed TensorFlow, MPI and GPUs); `hvd-keras doctor` shows what else is missing."
     ) from None
 
 __all__ = ["hvd", "keras", "tf"]

@@ -37,6 +37,19 @@ def _parser():
     b.add_argument("-o", "--output", default="link.json", help="where the fitted link goes (default link.json)")
     b.add_argument("--repeats", type=int, default=10, help="timed allreduces per message size")
 
+    h = sub.add_parser("build-horovod", help="build horovod 0.28.1 against this environment's TensorFlow and "
+                       "install it (cached)")
+    dev = h.add_mutually_exclusive_group()
+    dev.add_argument("--gpu", dest="device", action="store_const", const="gpu",
+                     help="with CUDA and NCCL (default when nvidia-smi lists a GPU)")
+    dev.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="MPI and Gloo only")
+    h.add_argument("--cuda-from-wheels", action="store_true",
+                   help="with --gpu: compile with PyPI's CUDA 13 nvcc (needs NVIDIA driver >= 580)")
+    h.add_argument("--no-cache", action="store_true", help="build even when the cache has this build")
+    h.add_argument("--dry-run", action="store_true", help="print what would be built, build nothing")
+
+    sub.add_parser("doctor", help="check that this environment can run hvd_keras; exit 1 on a blocker")
+
     q = sub.add_parser("plan", help="predict step time, samples/s and scaling efficiency at 1 to N ranks")
     q.add_argument("--profile", help="a Profile JSON (hvd_keras.planner.profile(...).save(path))")
     q.add_argument("--step-ms", type=float, help="compute time of one step on one process, in ms")
@@ -120,8 +133,32 @@ def _run_config(args):
     )
 
 
+def _build_horovod(args):
+    from hvd_keras import horovod_build
+
+    device = args.device or horovod_build.detect_device()
+    if args.cuda_from_wheels and device != "gpu":
+        raise horovod_build.BuildError("--cuda-from-wheels is for the GPU build. Received: --cuda-from-wheels "
+                                       "without --gpu on a machine without GPUs. HINT: add --gpu.")
+    horovod_build.build(device, use_cache=not args.no_cache, cuda_from_wheels=args.cuda_from_wheels,
+                        dry_run=args.dry_run)
+    return 0
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "doctor":
+        from hvd_keras import doctor
+
+        return doctor.main()
+    if args.command == "build-horovod":
+        from hvd_keras import horovod_build
+
+        try:
+            return _build_horovod(args)
+        except horovod_build.BuildError as e:
+            horovod_build.say(f"error: {e}", sys.stderr)
+            return 2
     if args.command == "plan":
         try:
             return _plan(args)

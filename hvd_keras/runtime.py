@@ -60,8 +60,9 @@ def init(comm=None):
     # mpi4py (init(comm=...), or imported by the user's script) started MPI
     # already: OpenMPI has read its settings, and setting them now is too late.
     mpi_started_without_yield = _MPI_YIELD not in os.environ and _open_mpi_running()
-    apply_recommended_env(os.environ, gpus=bool(tf.config.list_physical_devices("GPU")),
-                          np=job_size() if comm is None else _comm_size(comm))
+    gpus = bool(tf.config.list_physical_devices("GPU"))
+    check_horovod_build(gpus, nccl=bool(hvd.nccl_built()), mpi=hvd.mpi_built(), gloo=hvd.gloo_built())
+    apply_recommended_env(os.environ, gpus=gpus, np=job_size() if comm is None else _comm_size(comm))
     threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
     if not hvd.is_initialized():
         before = scheduling.threads()
@@ -80,6 +81,23 @@ def init(comm=None):
 
 
 _MPI_YIELD = "OMPI_MCA_mpi_yield_when_idle"
+_REQUIRE_NCCL = "HVD_KERAS_REQUIRE_NCCL"
+
+
+def check_horovod_build(gpus, nccl, mpi, gloo, environ=None):
+    """Raises, in one line naming the fix, when horovod lacks what this machine needs.
+
+    A horovod without NCCL still runs on GPUs, through host copies and
+    MPI or Gloo, many times slower: an error, unless `HVD_KERAS_REQUIRE_NCCL=0`.
+    """
+    environ = os.environ if environ is None else environ
+    if not (mpi or gloo):
+        raise RuntimeError("horovod was built without a controller (neither MPI nor Gloo), so no process can reach "
+                           "another. HINT: run `hvd-keras build-horovod` in this environment.")
+    if gpus and not nccl and environ.get(_REQUIRE_NCCL, "1") != "0":
+        raise RuntimeError("TensorFlow sees GPUs but horovod was built without NCCL: gradients would cross host "
+                           "memory, many times slower. HINT: run `hvd-keras build-horovod --gpu` in this "
+                           f"environment, or set {_REQUIRE_NCCL}=0 to train without NCCL.")
 
 
 def _open_mpi_running():

@@ -1,7 +1,7 @@
-"""The set-up scripts' decisions: device detection, the CUDA toolkit search, the version table.
+"""The set-up scripts' decisions: device detection and the version table.
 
-The GPU build itself (make check-gpu-build) is too long for the suite; these
-run the scripts for real against stand-in tools and directories.
+These run the scripts for real against stand-in tools; the horovod build's
+own decisions are tested in test_install.py.
 """
 
 import os
@@ -50,43 +50,6 @@ def test_bad_device_setting_is_one_line():
     assert proc.stderr.strip().splitlines() == [
         "HVD_KERAS_DEVICE must be gpu, cpu or auto. Received: HVD_KERAS_DEVICE=tpu. "
         "HINT: unset HVD_KERAS_DEVICE to detect the device."]
-
-
-def _toolkit(path):
-    (path / "bin").mkdir(parents=True)
-    (path / "include").mkdir()
-    nvcc = path / "bin" / "nvcc"
-    nvcc.write_text("#!/bin/sh\necho fake nvcc\n")
-    nvcc.chmod(0o755)
-    (path / "include" / "cuda_runtime.h").write_text("")
-    return str(path)
-
-
-def test_cuda_toolkit_search_order(tmp_path):
-    a, b = _toolkit(tmp_path / "a"), _toolkit(tmp_path / "b")
-    assert _run("find_cuda.sh", {"CUDA_HOME": a}).stdout.strip() == a
-    assert _run("find_cuda.sh", {"HOROVOD_CUDA_HOME": b, "CUDA_HOME": a}).stdout.strip() == b
-    # The toolkit of the nvcc on PATH, through a symbolic link as module systems make.
-    (tmp_path / "links").mkdir()
-    os.symlink(os.path.join(b, "bin", "nvcc"), tmp_path / "links" / "nvcc")
-    found = _run("find_cuda.sh", {"PATH": f"{tmp_path / 'links'}:/usr/bin:/bin"})
-    assert found.stdout.strip() == b
-
-
-def test_missing_cuda_toolkit_is_one_line_naming_the_fixes(tmp_path):
-    proc = _run("find_cuda.sh", {"CUDA_HOME": str(tmp_path / "nothing"), "PATH": "/usr/bin:/bin",
-                                  "HVD_KERAS_CUDA_DEFAULT": str(tmp_path / "usr-local-cuda")})
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "no CUDA toolkit found" in lines[0] and "HOROVOD_CUDA_HOME" in lines[0]
-    assert "HVD_KERAS_CUDA_FROM_WHEELS=1" in lines[0] and "HVD_KERAS_DEVICE=cpu" in lines[0]
-
-
-def test_invalid_horovod_cuda_home_is_an_error_not_skipped(tmp_path):
-    good = _toolkit(tmp_path / "good")
-    proc = _run("find_cuda.sh", {"HOROVOD_CUDA_HOME": str(tmp_path / "typo"), "CUDA_HOME": good})
-    assert proc.returncode == 2 and "HOROVOD_CUDA_HOME is not a CUDA toolkit" in proc.stderr
 
 
 def test_unknown_tensorflow_version_is_one_line():

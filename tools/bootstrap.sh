@@ -48,10 +48,9 @@ else
 fi
 
 # --- system packages -------------------------------------------------------
-# openmpi: MPI controller and mpirun; cmake 3.25: Debian's (the PyPI cmake 4.x
-# rejects gloo's CMakeLists); highwayhash/farmhash: headers that TensorFlow
-# 2.21's wheel no longer ships but horovod's TensorFlow ops include.
-APT_PKGS="openmpi-bin libopenmpi-dev cmake g++ make libhighwayhash-dev libfarmhash-dev"
+# openmpi: MPI controller and mpirun; cmake, g++, make: horovod's build
+# (hvd-keras build-horovod needs no other system package).
+APT_PKGS="openmpi-bin libopenmpi-dev cmake g++ make"
 [ "$WITH_SLURM" = 1 ] && APT_PKGS="$APT_PKGS slurm-wlm munge"
 missing=""
 for p in $APT_PKGS; do
@@ -87,12 +86,17 @@ CONSTRAINTS=$VENV/hvd_keras-constraints.txt
   true
 } > "$CONSTRAINTS"
 STAMP=$VENV/.hvd_keras-deps
-want="$(cat "$CONSTRAINTS" setup.cfg tools/bootstrap.sh tools/build_horovod.sh | sha256sum | cut -c1-16)-$DEVICE"
+want="$(cat "$CONSTRAINTS" setup.cfg tools/bootstrap.sh hvd_keras/horovod_build.py hvd_keras/horovod_glue/* |
+        sha256sum | cut -c1-16)-$DEVICE"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   log "installing $TF_PKG $TF_VERSION, keras $KERAS_VERSION and Python dependencies into $VENV"
   "$PIP" install -q -c "$CONSTRAINTS" "$TF_REQ" keras numpy mpi4py scikit-learn matplotlib pytest psutil
-  bash tools/build_horovod.sh "$VENV" "$DEVICE"
   "$PIP" install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e .
+  # The same command a user runs in an environment of their own (README
+  # "Install into your own environment"); a build of the same key is reused.
+  build_args=("--$DEVICE")
+  [ "${HVD_KERAS_CUDA_FROM_WHEELS:-0}" = 1 ] && build_args+=(--cuda-from-wheels)
+  "$VENV/bin/hvd-keras" build-horovod "${build_args[@]}"
   echo "$want" > "$STAMP"
 fi
 log "ready ($DEVICE): $("$VENV/bin/python" -c 'import tensorflow as tf, keras, horovod; print("tensorflow", tf.__version__, "keras", keras.__version__, "horovod", horovod.__version__)' 2>/dev/null)"

@@ -4,7 +4,7 @@
 # For every combination in tools/versions.txt (each row, the extra
 # combinations included), one at a time: a virtual environment of its own set
 # up by tools/bootstrap.sh (CPU; horovod built against that TensorFlow, the
-# build cached per TensorFlow version as tools/build_horovod.sh does), then
+# build cached per TensorFlow version as hvd-keras build-horovod does), then
 # `import hvd_keras` and the core tests with that environment's python (the
 # tests start horovodrun from the same environment). A combination that fails
 # is recorded with its reason and the matrix goes on.
@@ -69,15 +69,15 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # One line: the reason a bootstrap that exited non-zero gives in its log.
 failure_reason() {
   local log_file=$1 line
-  if grep -q '^\[build_horovod\] building' "$log_file" && ! grep -q '^\[build_horovod\] built' "$log_file"; then
+  if grep -q '^\[build-horovod\] building' "$log_file" && ! grep -q '^\[build-horovod\] built' "$log_file"; then
     # the first compiler or linker error, its file named without directories
     line=$(grep -E ': (fatal )?error: |undefined reference|ld returned' "$log_file" \
            | head -1 | sed -E 's/^ *//; s|^[^ :]*/||')
     [ -z "$line" ] && line=$(grep -m1 -E 'CMake Error|^ERROR' "$log_file" | sed -E 's/^ *//')
     echo "failed: ${line:-see the log}"
-  elif line=$(grep -m1 '^\[build_horovod\] error' "$log_file"); then
-    echo "failed: ${line#\[build_horovod\] error: }"
-  elif ! grep -q '^\[build_horovod\]' "$log_file"; then
+  elif line=$(grep -m1 '^\[build-horovod\] error' "$log_file"); then
+    echo "failed: ${line#\[build-horovod\] error: }"
+  elif ! grep -q '^\[build-horovod\]' "$log_file"; then
     line=$(grep -E '^ERROR|^\[bootstrap\] error' "$log_file" | tail -1)
     echo "not built: install failed: ${line:-see the log}"
   else
@@ -145,10 +145,10 @@ for combo in "${selected[@]}"; do
     status=1
     continue
   fi
-  if seconds=$(sed -n 's/^\[build_horovod\] built horovod .* in \([0-9]*\) s$/\1/p' "$log_file" | tail -1) \
+  if seconds=$(sed -n 's/^\[build-horovod\] built horovod .* in \([0-9]*\) s$/\1/p' "$log_file" | tail -1) \
      && [ -n "$seconds" ]; then
     build="ok (built in $seconds s)"
-  elif grep -q '^\[build_horovod\] using the cached build' "$log_file"; then
+  elif grep -q '^\[build-horovod\] using the cached build' "$log_file"; then
     build="ok (cached build)"
   else
     build="ok (installed earlier)"

@@ -1,0 +1,50 @@
+"""The public API, loaded on its first use (see `hvd_keras/__init__.py`): Keras's trainer hooked, names gathered."""
+
+from hvd_keras import _compat, pipeline, preemption, train_function  # noqa: E402
+
+_compat.check()
+_compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit,
+                              fit_callbacks=train_function.fit_callbacks, input_dataset=pipeline.adjust)
+
+from hvd_keras import callbacks, data, planner, schedules  # noqa: E402
+from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402
+from hvd_keras.checkpoint import resume  # noqa: E402
+from hvd_keras.metrics import exact_metrics  # noqa: E402
+from hvd_keras.optimizer import DistributedOptimizer  # noqa: E402
+from hvd_keras.output import plot_history, rank_zero_output  # noqa: E402
+from hvd_keras.planner import plan  # noqa: E402
+from hvd_keras.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
+from hvd_keras.runtime import (  # noqa: E402
+    barrier,
+    init,
+    is_chief,
+    local_rank,
+    local_size,
+    rank,
+    size,
+)
+from hvd_keras.schedules import scale_learning_rate  # noqa: E402
+
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "exact_metrics",
+    "plan",
+    "planner",
+    "plot_history",
+    "rank_zero_output",
+    "resume",
+    "scale_learning_rate",
+    "schedules",
+    "DistributedOptimizer",
+    "barrier",
+    "broadcast_state",
+    "broadcast_variables",
+    "callbacks",
+    "data",
+    "init",
+    "is_chief",
+    "local_rank",
+    "local_size",
+    "rank",
+    "size",
+]
