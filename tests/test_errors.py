@@ -17,8 +17,9 @@ def _last_line(text):
     return [line for line in text.strip().splitlines() if line.strip()][-1]
 
 
-def test_jax_backend_is_refused_at_import():
-    proc = subprocess.run([sys.executable, "-c", "import hvd_keras"], capture_output=True, text=True,
+def test_jax_backend_is_refused_at_first_use():
+    # `import hvd_keras` alone imports no Keras (hvd-keras doctor must run); the first use checks.
+    proc = subprocess.run([sys.executable, "-c", "import hvd_keras; hvd_keras.init"], capture_output=True, text=True,
                           env=worker_env(KERAS_BACKEND="jax"), timeout=120)
     assert proc.returncode != 0
     line = _last_line(proc.stderr)
@@ -27,7 +28,7 @@ def test_jax_backend_is_refused_at_import():
 
 def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level():
     # TensorFlow 2.21 prints them before absl's logging starts, past its own setting.
-    script = "import os; os.write(2, b'mine\\n'); import hvd_keras; os.write(2, b'after\\n')"
+    script = "import os; os.write(2, b'mine\\n'); import hvd_keras; hvd_keras.init; os.write(2, b'after\\n')"
     quiet, loud = (subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                                   env=worker_env(TF_CPP_MIN_LOG_LEVEL=level)) for level in ("2", "0"))
     assert quiet.returncode == 0 and quiet.stderr == "mine\nafter\n", quiet.stderr
@@ -44,11 +45,12 @@ def test_horovod_without_tensorflow_support_is_refused(tmp_path):
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("mpi_lib*.so", "__pycache__"))
     env = worker_env()
     env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
-    proc = subprocess.run([sys.executable, "-c", "import hvd_keras"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", "from hvd_keras import init"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode != 0
     line = _last_line(proc.stderr)
-    assert "horovod built with TensorFlow support" in line and "HOROVOD_WITH_TENSORFLOW=1" in line
+    assert "hvd_keras needs horovod 0.28.1 built against this TensorFlow" in line
+    assert "HINT: run `hvd-keras build-horovod` in this environment" in line
 
 
 @pytest.mark.parametrize("bad,error,match", [

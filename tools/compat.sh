@@ -156,7 +156,7 @@ for combo in "${selected[@]}"; do
 
   # The import check: hvd_keras names the Keras internals it misses in one line.
   note=""
-  if ! import_output=$("$venv/bin/python" -c "import hvd_keras" 2>&1); then
+  if ! import_output=$("$venv/bin/python" -c "import hvd_keras; hvd_keras.init" 2>&1); then
     import_error=$(grep . <<<"$import_output" | tail -1)
     echo "[compat] import hvd_keras: $import_error" >> "$log_file"
     missing=$(sed -n 's/.*it lacks \(.*\)\. Supported:.*/\1/p' <<<"$import_error")

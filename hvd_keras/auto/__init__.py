@@ -48,6 +48,7 @@ import functools
 import inspect
 import os
 
+from hvd_keras import _api  # noqa: F401  (Keras's trainer hooked, as by any use of the public API)
 from hvd_keras import _compat
 from hvd_keras import data as _data
 from hvd_keras._horovod import keras, tf
