@@ -86,8 +86,8 @@ CONSTRAINTS=$VENV/hvd_keras-constraints.txt
   true
 } > "$CONSTRAINTS"
 STAMP=$VENV/.hvd_keras-deps
-want="$(cat "$CONSTRAINTS" setup.cfg tools/bootstrap.sh hvd_keras/horovod_build.py hvd_keras/horovod_glue/* |
-        sha256sum | cut -c1-16)-$DEVICE"
+want="$(find hvd_keras/horovod_glue -type f | sort | xargs cat "$CONSTRAINTS" setup.cfg tools/bootstrap.sh \
+        hvd_keras/horovod_build.py | sha256sum | cut -c1-16)-$DEVICE"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   log "installing $TF_PKG $TF_VERSION, keras $KERAS_VERSION and Python dependencies into $VENV"
   "$PIP" install -q -c "$CONSTRAINTS" "$TF_REQ" keras numpy mpi4py scikit-learn matplotlib pytest psutil

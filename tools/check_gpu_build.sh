@@ -16,6 +16,13 @@ print("[check_gpu_build] horovod", built)
 assert all(built.values()), built
 EOF
 "$VENV/bin/horovodrun" --check-build | sed -n '/Available Tensor Operations/,$p'
+# The NCCL of the venv's nvidia-nccl wheel is found relative to the library,
+# not through a path into this venv (a cached build serves any venv of its key).
+lib=$(ls "$VENV"/lib/python3*/site-packages/horovod/tensorflow/mpi_lib*.so)
+runpath=$(readelf -d "$lib" | sed -n 's/.*Library runpath: \[\(.*\)\]/\1/p')
+echo "[check_gpu_build] RUNPATH: $runpath"
+case ":$runpath:" in *":\$ORIGIN/../../nvidia/nccl/lib:"*) ;; *) echo "[check_gpu_build] no \$ORIGIN NCCL entry" >&2; exit 1 ;; esac
+case "$runpath" in *"$VENV"*|*site-packages*) echo "[check_gpu_build] RUNPATH points into an environment" >&2; exit 1 ;; esac
 "$VENV/bin/horovodrun" --check-build | grep -q '\[X\] NCCL'
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
