@@ -1,10 +1,11 @@
 """The public API, loaded on its first use (see `hvd_keras/__init__.py`): Keras's trainer hooked, names gathered."""
 
-from hvd_keras import _compat, pipeline, preemption, train_function  # noqa: E402
+from hvd_keras import _compat, optimizer, pipeline, preemption, train_function  # noqa: E402
 
 _compat.check()
 _compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit,
                               fit_callbacks=train_function.fit_callbacks, input_dataset=pipeline.adjust)
+_compat.install_apply_hook(optimizer.before_apply)
 
 from hvd_keras import callbacks, data, planner, schedules  # noqa: E402
 from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402

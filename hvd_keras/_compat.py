@@ -113,6 +113,42 @@ def micro_steps(optimizer):
     return optimizer.iterations if counter is None else counter
 
 
+_apply_depth = [0]
+_apply_hooked = []
+
+
+def _defining_class(cls, name):
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def install_apply_hook(hook):
+    """Calls `hook(optimizer)` before the outermost `apply` of any Keras optimizer; once.
+
+    An optimizer's `apply` may call another's (a LossScaleOptimizer's calls
+    its inner optimizer's): only the outermost call of a step is shown to
+    `hook`. When `hook` returns True it changed the optimizer's class, and
+    the call is dispatched again to the new class. Patched where `apply` is
+    defined: Keras's base optimizer and LossScaleOptimizer, which overrides it.
+    """
+    if _apply_hooked:
+        return
+    owners = {_defining_class(keras.optimizers.Optimizer, "apply"), _defining_class(LossScaleOptimizer, "apply")}
+    for owner in owners:
+        original = owner.__dict__["apply"]
+
+        def apply(self, grads, trainable_variables=None, _original=original):
+            if _apply_depth[0] == 0 and hook(self):
+                return self.apply(grads, trainable_variables)
+            _apply_depth[0] += 1
+            try:
+                return _original(self, grads, trainable_variables)
+            finally:
+                _apply_depth[0] -= 1
+
+        owner.apply = functools.wraps(original)(apply)
+    _apply_hooked.append(True)
+
+
 def set_class(obj, cls):
     """Changes an object's class to a subclass with the same layout (no new state)."""
     object.__setattr__(obj, "__class__", cls)

@@ -1,7 +1,7 @@
 """Broadcast of model and optimizer state from one rank to all."""
 
 from hvd_keras import placement
-from hvd_keras._horovod import hvd, tf
+from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.runtime import size, this_placement
 
 # Horovod has no wire type for these; they travel widened and come back exact.
@@ -9,19 +9,40 @@ _WIRE_DTYPES = {tf.uint32: tf.int64, tf.uint64: tf.int64, tf.bfloat16: tf.float3
 
 
 def state_variables(model):
-    """Every variable that must agree across ranks: the model's and the optimizer's.
+    """Every variable that must agree across ranks: the model's and its optimizers'.
 
-    Builds the optimizer first if needed: Keras 3 creates optimizer slots
-    (momentum, Adam moments) lazily, and a slot created after the broadcast
-    would differ between ranks.
+    Builds compile's optimizer first if needed: Keras 3 creates optimizer
+    slots (momentum, Adam moments) lazily, and a slot created after the
+    broadcast would differ between ranks. Optimizers a model keeps as
+    attributes (a GAN's) are included once built; built later, by their
+    first update, they start equal on every rank (zero slots, the same
+    averaged gradients).
     """
     optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built:
+    if optimizer is not None and not optimizer.built and model.trainable_variables:
         optimizer.build(model.trainable_variables)
     variables = list(model.variables)
-    if optimizer is not None:
-        variables += list(optimizer.variables)
+    for other in model_optimizers(model).values():
+        if other.built:
+            variables += list(other.variables)
     return variables
+
+
+def model_optimizers(model):
+    """Every optimizer a model may train with, by name: compile's (`"optimizer"`) and those set as its attributes.
+
+    A custom `compile` that keeps its own optimizers (a GAN's
+    `self.d_optimizer`, `self.g_optimizer`) and a `train_step` that applies
+    them are found here, in the same order on every rank.
+    """
+    found = {}
+    compiled = getattr(model, "optimizer", None)
+    if isinstance(compiled, keras.optimizers.Optimizer):
+        found["optimizer"] = compiled
+    for name, value in vars(model).items():
+        if isinstance(value, keras.optimizers.Optimizer) and not any(value is v for v in found.values()):
+            found[name] = value
+    return found
 
 
 def check_same_structure(variables, root_rank=0):
@@ -111,7 +132,7 @@ def broadcast_state(model, root_rank=0):
     hvd_keras.broadcast_state(model)
     ```
     """
-    if not model.built:
+    if not model.variables:
         raise ValueError(
             f"broadcast_state needs a built model; {model.name} has no weights yet. "
             "HINT: give the model an Input layer, call model.build(input_shape) first, "

@@ -1,11 +1,13 @@
 """Keras 3 optimizers whose gradients are averaged across ranks by Horovod."""
 
+import contextlib
 import dataclasses
 import functools
+import os
 
 from hvd_keras import _compat, preemption
 from hvd_keras._horovod import hvd, keras, tf
-from hvd_keras.broadcast import check_same_structure
+from hvd_keras.broadcast import check_same_structure, model_optimizers
 from hvd_keras.runtime import size
 
 _OPS = {"average": hvd.Average, "sum": hvd.Sum, "adasum": hvd.Adasum}
@@ -51,14 +53,14 @@ def enable_step_option(model, option):
     Options are off by default so that the step carries nothing unused; turning
     one on retraces the model's train function once.
     """
-    optimizer = model.optimizer
+    optimizer = primary_optimizer(model)
     if not getattr(optimizer, option, False):
         setattr(optimizer, option, True)
         model.make_train_function(force=True)
 
 
 class _AllreduceMixin:
-    """The one place where gradients cross ranks: one fused grouped allreduce."""
+    """The one place where gradients cross ranks: `reduce`, one fused grouped allreduce."""
 
     # Trace-time state, set on the instance: `_hvd_pass_through` (gradients
     # arrive already reduced: an outer LossScaleOptimizer or the XLA step
@@ -68,28 +70,43 @@ class _AllreduceMixin:
     _hvd_pass_through = False
     _hvd_capture = None
 
-    def _hvd_allreduce(self, grads):
-        # Reached at trace time; `apply` checks the flag to prove the update
-        # went through here.
+    def reduce(self, grads):
+        """Averages `grads` (a list, Nones allowed) across ranks; the entry every path calls.
+
+        Keras's own step reaches it through `_clip_gradients` (once per real
+        update: after unscaling, after averaging accumulated micro-batches),
+        a `LossScaleOptimizer` before its finiteness check, and hvd_keras's
+        XLA step between its two compiled clusters. Returns the gradients
+        unchanged at size 1 and where they arrive already reduced.
+        """
+        # Reached at trace time; `apply` checks the flag to prove the update went through here.
         self._hvd_reduced = True
         if size() == 1 or self._hvd_pass_through:
-            return grads
-        return self._hvd_reduce(grads)
+            return list(grads)
+        return self._hvd_collective(list(grads))
 
-    def _hvd_reduce(self, grads):
-        """Averages `grads` (a list, Nones allowed) across ranks: the collective itself."""
+    def _hvd_collective(self, grads):
         settings = self._hvd_settings
         if settings.sparse_as_dense:
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         present = [i for i, g in enumerate(grads) if g is not None]
         tensors = [grads[i] for i in present]
+        op = settings.op
+        if settings.compression is hvd.Compression.fp16 and op is hvd.Average:
+            # Averaged after the cast, float16 gradients are summed first: two
+            # ranks' 40,000 overflow float16's 65,504 (loss-scaled gradients
+            # are that large). Divided by the size in their own precision
+            # before the cast, the sum stays within the largest input.
+            scale = 1.0 / size()
+            tensors = [t * tf.cast(scale, t.dtype) if t.dtype.is_floating else t for t in tensors]
+            op = hvd.Sum
         # The stop requests (preemption, model.stop_training on some rank;
         # callbacks.RankAgreement and Checkpoint turn this on) ride in the
         # same fused allreduce: every rank learns at the same step that some
         # rank asked. Otherwise nothing is added.
         carry_stop = getattr(self, "_hvd_carry_stop", False)
-        stop_local, stop_agreed = preemption.flags() if carry_stop else (None, None)
-        piggyback = carry_stop and settings.op is not hvd.Adasum
+        stop_local, stop_agreed = preemption.requests.variables() if carry_stop else (None, None)
+        piggyback = carry_stop and op is not hvd.Adasum
         if piggyback:
             tensors.append(tf.convert_to_tensor(stop_local))
         if getattr(self, "_hvd_timing", False):  # set by callbacks.Throughput
@@ -97,12 +114,12 @@ class _AllreduceMixin:
                 start = tf.timestamp()
             with tf.control_dependencies([start]):
                 tensors = [tf.identity(t) for t in tensors]
-        if settings.op is hvd.Adasum:
+        if op is hvd.Adasum:
             # horovod 0.28.1's grouped_allreduce fails for Adasum (it reads an
             # unbound `tensor`); single allreduces still fuse in Horovod's cycle.
             reduced = [hvd.allreduce(t, op=hvd.Adasum, compression=settings.compression) for t in tensors]
         else:
-            reduced = hvd.grouped_allreduce(tensors, op=settings.op, compression=settings.compression)
+            reduced = hvd.grouped_allreduce(tensors, op=op, compression=settings.compression)
         if getattr(self, "_hvd_timing", False):
             with tf.control_dependencies(reduced):
                 allreduce_seconds().assign_add(tf.timestamp() - start)
@@ -126,7 +143,7 @@ class _AllreduceMixin:
 
     def apply(self, grads, trainable_variables=None):
         if self._hvd_capture is not None:
-            self._hvd_capture.calls.append((list(grads), trainable_variables))
+            self._hvd_capture.calls.append((list(grads), trainable_variables, self))
             return None
         self._hvd_reduced = False
         update_expected = self._hvd_update_expected()
@@ -161,7 +178,7 @@ class _DistributedGradients(_AllreduceMixin):
     # means clipping sees the global gradient (as on one process) and
     # accumulation steps communicate only on the update step.
     def _clip_gradients(self, grads):
-        grads = self._hvd_allreduce(grads)
+        grads = self.reduce(grads)
         scale = self._hvd_settings.aggregate_scale
         if scale != 1.0:
             grads = [None if g is None else g * tf.cast(scale, g.dtype) for g in grads]
@@ -172,7 +189,7 @@ class _DistributedLossScale(_AllreduceMixin):
     # LossScaleOptimizer decides per step whether the gradients are finite;
     # reducing before that decision makes every rank decide the same way.
     def _hvd_apply(self, grads, trainable_variables):
-        return super()._hvd_apply(self._hvd_allreduce(list(grads)), trainable_variables)
+        return super()._hvd_apply(self.reduce(grads), trainable_variables)
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,7 +220,82 @@ def is_distributed(optimizer):
         getattr(optimizer, "inner_optimizer", None), _AllreduceMixin)
 
 
-def reduce_before_loss_scaling(optimizer):
+def primary_optimizer(model):
+    """The distributed optimizer whose allreduce carries the step's extras (stop flags, timing), or None.
+
+    Compile's optimizer when it is distributed, else the first distributed
+    optimizer set as an attribute; None for a model that trains without one.
+    """
+    distributed = [o for o in model_optimizers(model).values() if is_distributed(o)]
+    return distributed[0] if distributed else None
+
+
+def distribute_in_place(optimizer):
+    """Makes an existing optimizer average its gradients across ranks, keeping the object.
+
+    `hvd_keras.auto` does this to the optimizers a model keeps as attributes,
+    which its `train_step` reaches through `self`: every reference stays
+    valid. The defaults of `DistributedOptimizer` apply (average, no
+    compression). Returns `optimizer`.
+    """
+    if is_distributed(optimizer):
+        return optimizer
+    _compat.check_optimizer(optimizer)
+    _compat.set_class(optimizer, _distributed_class(type(optimizer)))
+    optimizer._hvd_settings = _Settings(op=hvd.Average, compression=hvd.Compression.none, sparse_as_dense=False)
+    optimizer._hvd_reduced = False
+    return optimizer
+
+
+_guarded = {"model": None}
+#: Set to 1 to let optimizers that do not average update on several ranks (independent models per rank).
+LOCAL_UPDATES = "HVD_KERAS_LOCAL_UPDATES"
+
+
+def local_updates_allowed(environ=None):
+    return (os.environ if environ is None else environ).get(LOCAL_UPDATES, "0") == "1"
+
+
+@contextlib.contextmanager
+def updates_guarded(model):
+    """Within the block (a train step being traced or run eagerly), only distributed optimizers may update.
+
+    On several ranks an update by an optimizer that does not average its
+    gradients would let the ranks drift apart in silence; it raises at
+    trace time instead, before any update ran (see `before_apply`).
+    """
+    saved, _guarded["model"] = _guarded["model"], model
+    try:
+        yield
+    finally:
+        _guarded["model"] = saved
+
+
+def before_apply(optimizer):
+    """Runs before the outermost `apply` of every Keras optimizer (`_compat.install_apply_hook`).
+
+    Returns True when it changed the optimizer's class (a LossScaleOptimizer
+    around a distributed one, put in the order that agrees across ranks).
+    """
+    if reduce_before_loss_scaling(optimizer, changed=True):
+        return True
+    model = _guarded["model"]
+    if model is None or size() == 1 or is_distributed(optimizer):
+        return False
+    name = next((n for n, o in model_optimizers(model).items() if o is optimizer), None)
+    if name == "optimizer":
+        where, fix = "compile's optimizer", "model.compile(optimizer=hvd_keras.DistributedOptimizer(opt), ...)"
+    else:
+        where = f"the model's attribute `{name}`" if name else "an optimizer the model does not hold"
+        fix = f"self.{name or 'my_optimizer'} = hvd_keras.DistributedOptimizer(opt) where the model gets it"
+    raise RuntimeError(
+        f"hvd_keras: {type(optimizer).__name__} ({where}) would apply gradients on {size()} ranks without "
+        "averaging them across ranks, so the ranks would silently train different models; nothing was "
+        f"updated. HINT: {fix}; or `import hvd_keras.auto`, which distributes every optimizer the model "
+        f"holds; or, to train independent models on purpose, set {LOCAL_UPDATES}=1.")
+
+
+def reduce_before_loss_scaling(optimizer, changed=False):
     """Turns `LossScaleOptimizer(DistributedOptimizer(opt))` into the order that agrees across ranks.
 
     Under a `mixed_float16` policy Keras's `compile` wraps the optimizer it
@@ -217,13 +309,14 @@ def reduce_before_loss_scaling(optimizer):
     references the user holds remain valid. Returns `optimizer`.
     """
     inner = getattr(optimizer, "inner_optimizer", None)
-    if (isinstance(optimizer, _compat.LossScaleOptimizer) and not isinstance(optimizer, _AllreduceMixin)
-            and isinstance(inner, _AllreduceMixin)):
+    swap = (isinstance(optimizer, _compat.LossScaleOptimizer) and not isinstance(optimizer, _AllreduceMixin)
+            and isinstance(inner, _AllreduceMixin))
+    if swap:
         _compat.set_class(optimizer, _distributed_class(type(optimizer)))
         optimizer._hvd_settings = inner._hvd_settings
         optimizer._hvd_reduced = False
         inner._hvd_pass_through = True
-    return optimizer
+    return swap if changed else optimizer
 
 
 def DistributedOptimizer(

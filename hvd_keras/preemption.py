@@ -17,48 +17,90 @@ PREEMPTED_EXIT_CODE = 75
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-_flags = {}
-# The carried flags: [0] preemption (a signal), [1] a callback set model.stop_training.
-_PREEMPT, _STOP = 0, 1
-# This rank's requests as Python values too: read once per batch, they cost
-# nothing, where reading a variable is an eager op (~100 us).
-_local = [False, False]
-# The agreed flags as the last train function call returned them (an output
-# of the compiled step, already on the host), or None: then the variable is read.
-_returned = {"flags": None}
-
 #: The key under which the compiled step returns the agreed flags; taken out
 #: of the logs before Keras or any callback sees them.
 LOG_KEY = "_hvd_keras_agreed_stop"
 
 
-def flags():
-    """(requested here, requested by any rank) as float32 vectors [preempt, stop], made once."""
-    if not _flags:
-        with tf.init_scope():
-            _flags["local"] = tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_local")
-            _flags["agreed"] = tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_agreed")
-    return _flags["local"], _flags["agreed"]
+class StopRequests:
+    """This rank's requests to stop and the ones all ranks agreed on, as one object (`requests`).
+
+    Two requests travel: [0] preemption (a signal), [1] a callback set
+    `model.stop_training`. A request is a flag in a variable that the
+    distributed optimizer's fused allreduce carries (`optimizer.reduce`);
+    the agreed flags come back as an output of the compiled step.
+
+    They are read one step late: at the end of batch N the flags of step
+    N - 1 are converted, whose computation has finished by then on a GPU,
+    while step N's flags stay a tensor. Converting step N's own flags would
+    make the host wait for the device after every batch, so that it could
+    never queue the next step ahead. Every rank reads the same step's flags,
+    so they still stop after the same step, one later than they learnt it.
+    """
+
+    PREEMPT, STOP = 0, 1
+
+    def __init__(self):
+        self._variables = None
+        # This rank's requests as Python values too: read once per batch,
+        # they cost nothing, where reading a variable is an eager op (~100 us).
+        self.local = [False, False]
+        self._agreed = [False, False]
+        self._pending = None        # the last step's flags, a tensor not read yet
+        self.steps_returned = 0     # train function calls that returned flags (tests)
+
+    def variables(self):
+        """(requested here, requested by any rank): float32 vectors [preempt, stop], made once."""
+        if self._variables is None:
+            with tf.init_scope():
+                self._variables = (tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_local"),
+                                   tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_agreed"))
+        return self._variables
+
+    def request(self, index):
+        self.local[index] = True
+        self.variables()[0][index].assign(1.0)
+
+    def reset(self):
+        local, agreed = self.variables()
+        local.assign([0.0, 0.0])
+        agreed.assign([0.0, 0.0])
+        self.local = [False, False]
+        self._agreed = [False, False]
+        self._pending = None
+
+    def step_returned(self, flags):
+        """Takes the flags one train function call returned; converts the previous call's."""
+        if self._pending is not None:
+            self._take(self._pending)
+        self._pending = flags
+        self.steps_returned += 1
+
+    def flush(self):
+        """Converts the flags of the last step too (at an epoch's end, where waiting costs nothing)."""
+        if self._pending is not None:
+            self._take(self._pending)
+            self._pending = None
+
+    def _take(self, flags):
+        values = flags.numpy()
+        self._agreed = [self._agreed[i] or bool(values[i] > 0.0) for i in (self.PREEMPT, self.STOP)]
+
+    def agreed(self):
+        """(preemption stop agreed, training stop agreed) as known from the steps read so far."""
+        if size() == 1:
+            return self.local[self.PREEMPT], self.local[self.STOP]
+        if self.steps_returned == 0 and self._variables is not None:
+            self._take(self._variables[1])  # no step returned them (yet): the variable itself
+        return tuple(self._agreed)
+
+
+requests = StopRequests()
 
 
 def request_stop(*_):
     """Marks this rank as asking to stop for preemption; the signal handler."""
-    _local[_PREEMPT] = True
-    flags()[0][_PREEMPT].assign(1.0)
-
-
-def request_training_stop():
-    """Marks this rank as asking every rank to stop training (model.stop_training was set here)."""
-    _local[_STOP] = True
-    flags()[0][_STOP].assign(1.0)
-
-
-def reset():
-    local, agreed = flags()
-    local.assign([0.0, 0.0])
-    agreed.assign([0.0, 0.0])
-    _local[:] = [False, False]
-    _returned["flags"] = None
+    requests.request(StopRequests.PREEMPT)
 
 
 def with_agreed_flags(step_function):
@@ -72,53 +114,22 @@ def with_agreed_flags(step_function):
         if not isinstance(logs, dict):
             return logs
         logs = dict(logs)
-        logs[LOG_KEY] = flags()[1].read_value()
+        logs[LOG_KEY] = requests.variables()[1].read_value()
         return logs
 
     return step
 
 
 def taking_agreed_flags(train_function):
-    """`train_function` with the agreed flags taken out of its logs and kept for `agreed()`."""
+    """`train_function` with the agreed flags taken out of its logs and handed to `requests`."""
     def train(iterator):
         logs = train_function(iterator)
-        _returned["flags"] = logs.pop(LOG_KEY, None) if isinstance(logs, dict) else None
+        flags = logs.pop(LOG_KEY, None) if isinstance(logs, dict) else None
+        if flags is not None:
+            requests.step_returned(flags)
         return logs
 
     return train
-
-
-def agreed():
-    """(preemption stop agreed, training stop agreed), as known after the last step.
-
-    Callbacks call it once per batch. The flags the step returned are read
-    (~1 us: the value is already on the host); the variable only where the
-    train function does not return them.
-    """
-    if size() == 1:
-        return _local[_PREEMPT], _local[_STOP]
-    returned = _returned["flags"]
-    values = (flags()[1] if returned is None else returned).numpy()
-    return bool(values[_PREEMPT] > 0.0), bool(values[_STOP] > 0.0)
-
-
-def _agreed(index):
-    return agreed()[index]
-
-
-def stop_agreed():
-    """True once any rank asked to stop for preemption, on every rank at the same step."""
-    return _agreed(_PREEMPT)
-
-
-def training_stop_agreed():
-    """True once any rank asked to stop training, on every rank at the same step."""
-    return _agreed(_STOP)
-
-
-def training_stop_pending():
-    """True when this rank asked to stop training and the other ranks have not learnt it yet."""
-    return _local[_STOP]
 
 
 def install_handlers():

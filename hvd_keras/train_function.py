@@ -32,7 +32,14 @@ import types
 from hvd_keras import _compat, preemption
 from hvd_keras.checkpoint import skip_resumed_batches
 from hvd_keras._horovod import tf
-from hvd_keras.optimizer import is_distributed, reduce_before_loss_scaling
+from hvd_keras.broadcast import model_optimizers
+from hvd_keras.optimizer import (
+    is_distributed,
+    local_updates_allowed,
+    primary_optimizer,
+    reduce_before_loss_scaling,
+    updates_guarded,
+)
 from hvd_keras.runtime import is_chief, size
 
 
@@ -47,10 +54,17 @@ def make_train_function(model, original, force):
 
 
 def _build(model, original, force):
-    optimizer = getattr(model, "optimizer", None)
-    if not is_distributed(optimizer):
-        return original(force)
-    if size() > 1:
+    if primary_optimizer(model) is None:
+        if size() == 1 or local_updates_allowed():
+            return original(force)
+        # No optimizer of this model averages gradients: Keras's step, traced
+        # under the guard, so that its first update on several ranks is an
+        # error, not ranks drifting apart.
+        if model.train_function is None or force:
+            model.train_function = _compat.make_step_function(model, _guarded(model, model.train_step),
+                                                              model.jit_compile)
+        return model.train_function
+    for optimizer in model_optimizers(model).values():
         reduce_before_loss_scaling(optimizer)
     if model.train_function is not None and not force:
         return model.train_function
@@ -98,10 +112,22 @@ def _make(model, step):
     as an output of the step they are on the host with the loss, where
     reading the variable afterwards costs an eager op per batch.
     """
-    if not getattr(model.optimizer, "_hvd_carry_stop", False):
+    step = _guarded(model, step)
+    if not getattr(primary_optimizer(model), "_hvd_carry_stop", False):
         return _compat.make_step_function(model, step, jit_compile=False)
     function = _compat.make_step_function(model, preemption.with_agreed_flags(step), jit_compile=False)
     return preemption.taking_agreed_flags(function)
+
+
+def _guarded(model, step):
+    # The step's Python runs while it is traced (every call when run
+    # eagerly): an update by an optimizer that does not average its
+    # gradients raises there, before anything was updated.
+    def guarded_step(data):
+        with updates_guarded(model):
+            return step(data)
+
+    return guarded_step
 
 
 def uses_xla_split(model):
@@ -133,28 +159,44 @@ def split_xla_step(model):
     gradient transformations) is kept, except reading the updated weights
     after `apply` within the same step.
     """
-    optimizer = model.optimizer
+    # Every distributed optimizer of the model captures: a train_step that
+    # applies two (a GAN's) cannot be split, and falls back.
+    optimizers = [o for o in model_optimizers(model).values() if is_distributed(o)]
     capture = types.SimpleNamespace(calls=[])
     captured = capture.calls
 
     def forward_backward(data):
         del captured[:]
-        optimizer._hvd_capture = capture
+        for o in optimizers:
+            o._hvd_capture = capture
         try:
             logs = model.train_step(data)
         finally:
-            optimizer._hvd_capture = None
+            for o in optimizers:
+                o._hvd_capture = None
         if len(captured) != 1:
             raise SplitError(
-                f"its train_step called the optimizer's apply {len(captured)} times in one step "
+                f"its train_step called its optimizers' apply {len(captured)} times in one step "
                 "(hvd_keras keeps the allreduce outside XLA by splitting the step at that call, "
                 "which must happen exactly once)."
             )
         return logs, captured[0][0]
 
+    # Under gradient accumulation Keras's apply adds each micro-batch to its
+    # accumulators and reaches `reduce` (through _clip_gradients) on update
+    # steps only: the update then runs without XLA, where that collective
+    # can run, and nothing crosses ranks on the other micro-batches.
+    # Otherwise the gradients are reduced between the clusters and the
+    # update passes them through.
+    def accumulates(optimizer):
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        return (getattr(inner, "gradient_accumulation_steps", None) or 1) > 1
+
+    accumulating = any(accumulates(o) for o in optimizers)
+
     def update(grads):
-        variables = captured[0][1]
-        optimizer._hvd_pass_through = True
+        _, variables, optimizer = captured[0]
+        optimizer._hvd_pass_through = not accumulating
         try:
             optimizer.apply(grads, variables)
         finally:
@@ -163,11 +205,11 @@ def split_xla_step(model):
     # autograph=False: like Keras's own step, train_step runs as plain Python.
     forward_backward = tf.function(forward_backward, jit_compile=True, reduce_retracing=True,
                                    autograph=False)
-    update = tf.function(update, jit_compile=True, reduce_retracing=True, autograph=False)
+    update = tf.function(update, jit_compile=not accumulating, reduce_retracing=True, autograph=False)
 
     def step(data):
         logs, grads = forward_backward(data)
-        update(optimizer._hvd_reduce(grads))
+        update(grads if accumulating else captured[0][2].reduce(grads))
         return logs
 
     return step
@@ -175,7 +217,7 @@ def split_xla_step(model):
 
 def fit_callbacks(model, callbacks):
     """The callbacks `fit` runs with: the user's, then `RankAgreement` on several ranks."""
-    if size() == 1 or not is_distributed(getattr(model, "optimizer", None)):
+    if size() == 1 or primary_optimizer(model) is None:
         return callbacks
     from hvd_keras.callbacks import RankAgreement
 

@@ -4,7 +4,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import load_ranks, run_workers
+from conftest import load_ranks, run_workers, worker_env
 
 GLOBAL_BATCH = 16
 STEPS = 6
@@ -57,13 +57,23 @@ def test_equivalence_holds_for(tmp_path, tmp_path_factory, args):
     _compare(tmp_path, tmp_path_factory, "gloo", *args)
 
 
+def test_unwrapped_optimizer_is_refused(controller):
+    proc = run_workers("train_equivalence.py", ["--out", "/nonexistent", "--wrap", "no", "--steps", "2"], np_=2,
+                       controller=controller, check=False)
+    assert proc.returncode != 0
+    line = next(line for line in proc.stderr.splitlines() if "would apply gradients on 2 ranks" in line)
+    assert "SGD (compile's optimizer)" in line and "nothing was updated" in line
+    assert "HINT: model.compile(optimizer=hvd_keras.DistributedOptimizer(opt), ...)" in line
+
+
 def test_unwrapped_optimizer_drifts(tmp_path, tmp_path_factory):
-    """The control: without the wrapper the comparison above does fail."""
+    """The control: without the wrapper (allowed on purpose) the comparison above does fail."""
     root = str(tmp_path_factory.getbasetemp())
     common = ["--global-batch", str(GLOBAL_BATCH), "--steps", str(STEPS), "--optimizer", "sgd"]
     single = _single(root, *common)
     out = str(tmp_path / "plain")
-    run_workers("train_equivalence.py", ["--out", out, "--wrap", "no", *common], np_=2)
+    run_workers("train_equivalence.py", ["--out", out, "--wrap", "no", *common], np_=2,
+                env=worker_env(HVD_KERAS_LOCAL_UPDATES="1"))
     r0, r1 = load_ranks(out, 2)
     assert np.abs(r0["weights"] - r1["weights"]).max() > 1e-3
     assert np.abs(r0["weights"] - single["weights"]).max() > 1e-3

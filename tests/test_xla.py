@@ -30,6 +30,19 @@ def test_jit_compile_true_two_ranks_match_one_rank(tmp_path, tmp_path_factory, c
     _compare_xla(tmp_path, tmp_path_factory, controller, optimizer, "--jit", "yes")
 
 
+def test_xla_with_accumulation_reduces_on_update_steps_only(tmp_path, tmp_path_factory, controller):
+    # backward_passes_per_step=2: 6 micro-batches, 3 updates, 3 allreduces (it was one per micro-batch).
+    common = ["--global-batch", str(GLOBAL_BATCH), "--steps", str(STEPS), "--optimizer", "sgd", "--accum", "2"]
+    single = _single(str(tmp_path_factory.getbasetemp()), *common, "--jit", "yes")
+    out = str(tmp_path / "dist")
+    run_workers("train_equivalence.py", ["--out", out, *common, "--jit", "yes", "--count-allreduces", "yes"],
+                np_=2, controller=controller)
+    r0, r1 = load_ranks(out, 2)
+    assert bool(r0["xla_split"]) and int(r0["allreduces"]) == STEPS // 2 == int(r1["allreduces"])
+    np.testing.assert_array_equal(r0["weights"], r1["weights"])
+    assert np.abs(r0["weights"] - single["weights"]).max() < 1e-5
+
+
 def test_default_jit_compile_on_a_gpu_machine_uses_xla_and_matches(tmp_path, tmp_path_factory):
     """jit_compile="auto" with a GPU listed resolves to XLA (it crashed at step 1 before)."""
     _compare_xla(tmp_path, tmp_path_factory, "gloo", "sgd", "--jit", "auto-gpu")

@@ -54,7 +54,8 @@ from hvd_keras import data as _data
 from hvd_keras._horovod import keras, tf
 from hvd_keras.callbacks import BroadcastInitialState, LearningRateWarmup
 from hvd_keras.metrics import exact_metrics
-from hvd_keras.optimizer import DistributedOptimizer, is_distributed
+from hvd_keras.broadcast import model_optimizers
+from hvd_keras.optimizer import DistributedOptimizer, distribute_in_place, is_distributed, primary_optimizer
 from hvd_keras.output import rank_zero_output
 from hvd_keras.runtime import init, is_chief, rank, size
 from hvd_keras.schedules import scale_learning_rate
@@ -131,10 +132,7 @@ def compile(self, original, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
     if isinstance(optimizer, keras.optimizers.Optimizer) and not is_distributed(optimizer):
         # The wrapper is a new optimizer: scale its rate, never the caller's
         # (compiling twice with one optimizer must not scale twice).
-        optimizer = DistributedOptimizer(optimizer)
-        inner = getattr(optimizer, "inner_optimizer", optimizer)
-        if _compat.learning_rate_schedule(inner) is None:
-            inner.learning_rate = scale_learning_rate(float(keras.ops.convert_to_numpy(inner.learning_rate)), SETTINGS.lr_scaling)
+        optimizer = _scaled(DistributedOptimizer(optimizer))
     result = original(self, optimizer, *args, **kwargs)
     if SETTINGS.exact_metrics:
         exact_metrics(self)
@@ -144,11 +142,30 @@ def compile(self, original, optimizer="rmsprop", *args, **kwargs):  # noqa: A001
 _originals["compile"] = _compat.wrap_compile(compile)
 
 
+def _scaled(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if _compat.learning_rate_schedule(inner) is None:
+        rate = float(keras.ops.convert_to_numpy(inner.learning_rate))
+        inner.learning_rate = scale_learning_rate(rate, SETTINGS.lr_scaling)
+    return optimizer
+
+
+def _distribute_attribute_optimizers(model):
+    # A custom compile that keeps its own optimizers (`self.d_optimizer = ...`)
+    # for its train_step: those are the ones that train, and compile's
+    # argument may be unused. They are distributed where they are, once (a
+    # distributed one is left as it is, so a second fit scales nothing again).
+    for name, optimizer in model_optimizers(model).items():
+        if name != "optimizer" and not is_distributed(optimizer):
+            _scaled(distribute_in_place(optimizer))
+
+
 @_patch("fit")
 def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
         validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
         sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None, **kwargs):
-    if size() > 1 and not is_distributed(getattr(self, "optimizer", None)):
+    _distribute_attribute_optimizers(self)
+    if size() > 1 and primary_optimizer(self) is None:
         raise RuntimeError(
             "hvd_keras.auto: this model's optimizer does not average gradients across ranks: it "
             "was compiled before `import hvd_keras.auto`, or loaded from a file (load_model "

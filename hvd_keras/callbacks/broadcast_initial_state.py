@@ -2,6 +2,7 @@
 
 from hvd_keras._horovod import keras
 from hvd_keras.broadcast import broadcast_state
+from hvd_keras.runtime import size
 
 
 class BroadcastInitialState(keras.callbacks.Callback):
@@ -35,7 +36,7 @@ class BroadcastInitialState(keras.callbacks.Callback):
         # step; then the state is broadcast right after that step. The step
         # applied the same averaged gradients everywhere, so the ranks' slots
         # agree and the broadcast still leaves all ranks identical.
-        if not self._done and self.model.built:
+        if not self._done and self.model.variables:
             self._broadcast()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -43,5 +44,8 @@ class BroadcastInitialState(keras.callbacks.Callback):
             self._broadcast()
 
     def _broadcast(self):
+        if size() == 1:
+            self._done = True  # nothing to agree on: one process behaves as without hvd_keras
+            return
         broadcast_state(self.model, root_rank=self.root_rank)
         self._done = True

@@ -8,7 +8,7 @@ import numpy as np
 from hvd_keras import _compat, preemption
 from hvd_keras import checkpoint as ckpt
 from hvd_keras._horovod import hvd, keras
-from hvd_keras.optimizer import enable_step_option, is_distributed
+from hvd_keras.optimizer import enable_step_option, primary_optimizer
 from hvd_keras.runtime import is_chief, size
 
 
@@ -89,7 +89,7 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.save_on_preemption:
-            if size() > 1 and not is_distributed(self.model.optimizer):
+            if size() > 1 and primary_optimizer(self.model) is None:
                 raise ValueError(
                     "Checkpoint(save_on_preemption=True) on several ranks needs the model "
                     "compiled with hvd_keras.DistributedOptimizer (ranks agree to stop through "
@@ -97,7 +97,7 @@ class Checkpoint(keras.callbacks.Callback):
                 )
             if size() > 1:
                 enable_step_option(self.model, "_hvd_carry_stop")
-            preemption.reset()
+            preemption.requests.reset()
             self._old_handlers = preemption.install_handlers()
         optimizer = self.model.optimizer
         counted = int(_compat.micro_steps(getattr(optimizer, "inner_optimizer", optimizer)).numpy())
@@ -149,7 +149,7 @@ class Checkpoint(keras.callbacks.Callback):
         before = self._global_step
         self._batch = batch + 1
         self._global_step = self._epoch_start + self._batch
-        if self.save_on_preemption and preemption.stop_agreed():
+        if self.save_on_preemption and preemption.requests.agreed()[preemption.StopRequests.PREEMPT]:
             self.preempted = True
             self.model.stop_training = True
             # Now, before validation resets the metrics; every rank is here.

@@ -2,7 +2,7 @@
 
 from hvd_keras import preemption
 from hvd_keras._horovod import hvd, keras, tf
-from hvd_keras.optimizer import enable_step_option, is_distributed
+from hvd_keras.optimizer import enable_step_option, primary_optimizer
 from hvd_keras.runtime import is_chief, size
 
 
@@ -32,7 +32,7 @@ class RankAgreement(keras.callbacks.Callback):
         self._active = False
 
     def on_train_begin(self, logs=None):
-        self._active = size() > 1 and is_distributed(getattr(self.model, "optimizer", None))
+        self._active = size() > 1 and primary_optimizer(self.model) is not None
         if not self._active:
             return
         steps = self.params.get("steps") if self.params else None
@@ -49,12 +49,12 @@ class RankAgreement(keras.callbacks.Callback):
                   "length): every rank must run the same number of steps; pass steps_per_epoch to be sure.",
                   flush=True)
         enable_step_option(self.model, "_hvd_carry_stop")
-        preemption.reset()
+        preemption.requests.reset()
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._active:
             return
-        preempt, stop = preemption.agreed()
+        preempt, stop = preemption.requests.agreed()
         if preempt:
             return  # a preemption stop is already agreed by every rank
         if stop:
@@ -62,13 +62,16 @@ class RankAgreement(keras.callbacks.Callback):
         elif self.model.stop_training:
             # Not yet: the other ranks learn it in the next step's allreduce,
             # and every rank stops after that same step.
-            preemption.request_training_stop()
+            preemption.requests.request(preemption.StopRequests.STOP)
             self.model.stop_training = False
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._active or preemption.stop_agreed():
+        if not self._active:
             return
-        wants = (self.model.stop_training or preemption.training_stop_pending()
-                 or preemption.training_stop_agreed())
+        preemption.requests.flush()
+        preempt, stop = preemption.requests.agreed()
+        if preempt:
+            return
+        wants = self.model.stop_training or preemption.requests.local[preemption.StopRequests.STOP] or stop
         votes = hvd.allreduce(tf.constant(1.0 if wants else 0.0), op=hvd.Sum, name="hvd_keras.stop_training")
         self.model.stop_training = float(votes) > 0

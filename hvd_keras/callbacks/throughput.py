@@ -5,7 +5,7 @@ import time
 
 from hvd_keras import _compat
 from hvd_keras._horovod import hvd, keras
-from hvd_keras.optimizer import allreduce_seconds, enable_step_option, is_distributed
+from hvd_keras.optimizer import allreduce_seconds, enable_step_option, primary_optimizer
 from hvd_keras.runtime import is_chief, size
 
 
@@ -47,9 +47,8 @@ class Throughput(keras.callbacks.Callback):
         self.epochs = []
 
     def on_train_begin(self, logs=None):
-        optimizer = self.model.optimizer
         # tf.timestamp is refused under op determinism: then no share is reported.
-        self._timed = is_distributed(optimizer) and size() > 1 and not _compat.is_op_determinism_enabled()
+        self._timed = primary_optimizer(self.model) is not None and size() > 1 and not _compat.is_op_determinism_enabled()
         if self._timed:
             enable_step_option(self.model, "_hvd_timing")
 

@@ -108,6 +108,20 @@ elif accum > 1:  # the single-process reference: Keras's own accumulation
 elif wrap == "outside-lso":  # Keras wraps it in a LossScaleOptimizer under mixed_float16
     opt = hvd_keras.DistributedOptimizer(opt.inner_optimizer if optimizer_name == "lso" else opt)
 compile_kwargs = {} if jit.startswith("auto") else {"jit_compile": jit == "yes"}
+if _common.arg("count-allreduces", "no") == "yes":
+    # Counts the fused allreduces the steps run (an op in the graph, not a trace count).
+    import horovod.tensorflow as hvd_tf
+    import tensorflow as tf
+
+    with tf.init_scope():
+        allreduces = tf.Variable(0, dtype=tf.int64, trainable=False)
+    real_grouped = hvd_tf.grouped_allreduce
+
+    def counted(tensors, *args, **kwargs):
+        allreduces.assign_add(1)
+        return real_grouped(tensors, *args, **kwargs)
+
+    hvd_tf.grouped_allreduce = counted
 model.compile(
     optimizer=opt,
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -148,4 +162,5 @@ _common.save_result(
     # the inner optimizer counts the steps: a LossScaleOptimizer of Keras < 3.7 leaves its own at 0
     iterations=int(getattr(model.optimizer, "inner_optimizer", model.optimizer).iterations.numpy()),
     xla_split=hvd_keras.train_function.uses_xla_split(model),
+    allreduces=int(allreduces.numpy()) if _common.arg("count-allreduces", "no") == "yes" else -1,
 )
