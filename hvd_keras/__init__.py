@@ -9,7 +9,7 @@ the first use says so in one line with the command that fixes it.
 Submodules hold one concept each.
 """
 
-__version__ = "0.1.0"
+from hvd_keras._version import __version__  # noqa: F401
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",

@@ -1,10 +1,18 @@
 """The public API, loaded on its first use (see `hvd_keras/__init__.py`): Keras's trainer hooked, names gathered."""
 
-from hvd_keras import _compat, optimizer, pipeline, preemption, train_function  # noqa: E402
+from hvd_keras import _compat, checkpoint, optimizer, pipeline, preemption, train_function  # noqa: E402
+from hvd_keras.callbacks.rank_agreement import with_rank_agreement  # noqa: E402
+
+
+def _make_train_function(model, original, force):
+    # The train function as hvd_keras builds it, which a run resumed inside
+    # an epoch first runs through the batches its checkpoint had trained.
+    return checkpoint.skip_resumed_batches(model, train_function.build(model, original, force))
+
 
 _compat.check()
-_compat.install_trainer_hooks(train_function.make_train_function, after_fit=preemption.exit_after_fit,
-                              fit_callbacks=train_function.fit_callbacks, input_dataset=pipeline.adjust)
+_compat.install_trainer_hooks(_make_train_function, after_fit=preemption.exit_after_fit,
+                              fit_callbacks=with_rank_agreement, input_dataset=pipeline.adjust)
 _compat.install_apply_hook(optimizer.before_apply)
 
 from hvd_keras import callbacks, data, planner, schedules  # noqa: E402

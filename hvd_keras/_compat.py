@@ -74,6 +74,10 @@ def check():
             continue  # an instance attribute of LossScaleOptimizer, see check_optimizer
         if not hasattr(cls, name):
             missing.append(f"{cls.__name__}.{name}")
+    from keras.src.random.seed_generator import SeedGenerator
+
+    if _SEED_STATE not in inspect.getsource(SeedGenerator.__init__):
+        missing.append(f"SeedGenerator's {_SEED_STATE!r} variable")
     if missing:
         _refuse(missing)
 
@@ -147,6 +151,14 @@ def install_apply_hook(hook):
 
         owner.apply = functools.wraps(original)(apply)
     _apply_hooked.append(True)
+
+
+def is_seed_state(variable):
+    """True for the state variable of a `keras.random.SeedGenerator` (a Dropout's, an augmentation layer's)."""
+    return getattr(variable, "path", getattr(variable, "name", "")).split("/")[-1].startswith(_SEED_STATE)
+
+
+_SEED_STATE = "seed_generator_state"
 
 
 def set_class(obj, cls):
@@ -362,6 +374,24 @@ def is_fit_validation(evaluate_kwargs):
 
 
 # --- TensorFlow ------------------------------------------------------------
+
+def unseeded_random_datasets(dataset):
+    """Names of the steps of a `tf.data` pipeline that draw from an unseeded generator (`shuffle()` without a seed).
+
+    Walks the pipeline's Python objects (`_inputs()`; `_seed`, `_seed2` as
+    `random_seed.get_seed` left them: both 0 when neither the op nor the
+    global seed was set), not its serialized graph, which would copy every
+    array the pipeline holds.
+    """
+    found, stack = [], [dataset]
+    while stack:
+        step = stack.pop()
+        seeds = [getattr(step, "_seed", None), getattr(step, "_seed2", None)]
+        if all(s is not None for s in seeds) and all(int(s) == 0 for s in seeds):
+            found.append(type(step).__name__.lstrip("_"))
+        stack.extend(step._inputs())
+    return found
+
 
 def is_op_determinism_enabled():
     # TensorFlow exports the setter but not the getter.

@@ -1,8 +1,8 @@
 """Broadcast of model and optimizer state from one rank to all."""
 
-from hvd_keras import placement
+from hvd_keras import placement, seeds
 from hvd_keras._horovod import hvd, keras, tf
-from hvd_keras.runtime import size, this_placement
+from hvd_keras.runtime import rank, size, this_placement
 
 # Horovod has no wire type for these; they travel widened and come back exact.
 _WIRE_DTYPES = {tf.uint32: tf.int64, tf.uint64: tf.int64, tf.bfloat16: tf.float32}
@@ -138,5 +138,9 @@ def broadcast_state(model, root_rank=0):
             "HINT: give the model an Input layer, call model.build(input_shape) first, "
             "or pass hvd_keras.callbacks.BroadcastInitialState() to fit()."
         )
-    broadcast_variables(state_variables(model), root_rank=root_rank)
+    variables = state_variables(model)
+    broadcast_variables(variables, root_rank=root_rank)
+    # Equal weights, but each rank its own dropout and augmentation masks.
+    if size() > 1:
+        seeds.per_rank_seed_states(variables, rank())
     return model

@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 
 from hvd_keras import _compat
+from hvd_keras._version import __version__
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.broadcast import broadcast_state, state_variables
 from hvd_keras.runtime import is_chief, rank, size
@@ -57,9 +58,7 @@ def damage(path):
 def versions():
     import horovod
 
-    import hvd_keras
-
-    return {"hvd_keras": hvd_keras.__version__, "tensorflow": tf.__version__,
+    return {"hvd_keras": __version__, "tensorflow": tf.__version__,
             "keras": keras.__version__, "horovod": horovod.__version__}
 
 

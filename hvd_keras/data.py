@@ -2,6 +2,7 @@
 
 import inspect
 
+from hvd_keras import _compat
 from hvd_keras._horovod import keras, tf
 from hvd_keras.runtime import rank as _rank
 from hvd_keras.runtime import size as _size
@@ -138,6 +139,13 @@ class ShardedPyDataset(keras.utils.PyDataset):
 
 
 def _shard_dataset(dataset, rank, size):
+    unseeded = _compat.unseeded_random_datasets(dataset) if size > 1 else []
+    if unseeded:
+        raise ValueError(
+            f"shard received a dataset that shuffles without a seed ({', '.join(unseeded)}): each rank would "
+            "shuffle differently, so some elements would be trained twice per epoch and others never. HINT: "
+            "shard first and shuffle the shard (hvd_keras.data.shard(ds).shuffle(n)), or pass a seed "
+            "(ds.shuffle(n, seed=1)), or `import hvd_keras.auto`, which seeds every rank alike.")
     n = int(dataset.cardinality())
     if n == tf.data.INFINITE_CARDINALITY:
         return dataset.shard(size, rank)

@@ -16,7 +16,8 @@ import shutil
 import subprocess
 import sys
 
-from hvd_keras import __version__, horovod_build
+from hvd_keras import horovod_build
+from hvd_keras._version import __version__
 from hvd_keras._keras_config import configured_backend
 from hvd_keras.cluster import SLURMEnvironment
 from hvd_keras.launcher import recommended_env

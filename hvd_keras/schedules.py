@@ -43,6 +43,22 @@ def scale_learning_rate(learning_rate=None, rule="linear", size=None, lr=None):
     return learning_rate * _RULES[rule](_size() if size is None else size)
 
 
+def warmup_rate(step, warmup_steps, initial_learning_rate, target):
+    """The ramp of both warmups (`Warmup`, `callbacks.LearningRateWarmup`): linear from the initial rate to the target.
+
+    `initial + (target - initial) * min(step / warmup_steps, 1)`; `target`
+    from `warmup_steps` on. Python numbers in, a Python number out; a tensor
+    step (inside the compiled step) gives a tensor.
+    """
+    if warmup_steps == 0:
+        return target
+    if not tf.is_tensor(step):
+        return target if step >= warmup_steps else (
+            initial_learning_rate + (target - initial_learning_rate) * step / warmup_steps)
+    progress = tf.minimum(step / float(warmup_steps), 1.0)
+    return initial_learning_rate + (target - initial_learning_rate) * progress
+
+
 @keras.saving.register_keras_serializable(package="hvd_keras")
 class Warmup(keras.optimizers.schedules.LearningRateSchedule):
     """Ramps the learning rate linearly from `initial_learning_rate` to a target rate or schedule.
@@ -105,11 +121,7 @@ class Warmup(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        target = self._target(step)
-        if self.warmup_steps == 0:
-            return target
-        progress = tf.minimum(step / float(self.warmup_steps), 1.0)
-        return self.initial_learning_rate + (target - self.initial_learning_rate) * progress
+        return warmup_rate(step, self.warmup_steps, self.initial_learning_rate, self._target(step))
 
     def get_config(self):
         target = self.warmup_target

@@ -30,7 +30,6 @@ import itertools
 import types
 
 from hvd_keras import _compat, preemption
-from hvd_keras.checkpoint import skip_resumed_batches
 from hvd_keras._horovod import tf
 from hvd_keras.broadcast import model_optimizers
 from hvd_keras.optimizer import (
@@ -47,16 +46,15 @@ class SplitError(ValueError):
     """The train step cannot be split around the allreduce."""
 
 
-def make_train_function(model, original, force):
-    """`Model.make_train_function` as hvd_keras builds it; `original(force)` is Keras's."""
-    _build(model, original, force)  # sets model.train_function (Keras's own returns None)
-    return skip_resumed_batches(model, model.train_function)
+def build(model, original, force):
+    """`Model.make_train_function` as hvd_keras builds it; `original(force)` is Keras's.
 
-
-def _build(model, original, force):
+    Sets and returns `model.train_function` (Keras's own returns None).
+    """
     if primary_optimizer(model) is None:
         if size() == 1 or local_updates_allowed():
-            return original(force)
+            original(force)
+            return model.train_function
         # No optimizer of this model averages gradients: Keras's step, traced
         # under the guard, so that its first update on several ranks is an
         # error, not ranks drifting apart.
@@ -213,15 +211,3 @@ def split_xla_step(model):
         return logs
 
     return step
-
-
-def fit_callbacks(model, callbacks):
-    """The callbacks `fit` runs with: the user's, then `RankAgreement` on several ranks."""
-    if size() == 1 or primary_optimizer(model) is None:
-        return callbacks
-    from hvd_keras.callbacks import RankAgreement
-
-    callbacks = list(callbacks or [])
-    if not any(isinstance(c, RankAgreement) for c in callbacks):
-        callbacks.append(RankAgreement())
-    return callbacks

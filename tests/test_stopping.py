@@ -6,10 +6,13 @@ import pytest
 from conftest import load_ranks, run_workers
 
 
+# A request rides in the next step's allreduce, and the agreed flags are read
+# one step later still (never the step just dispatched: no host-device sync
+# per step), so every rank stops two steps after the request.
 @pytest.mark.parametrize("mode,steps,epochs,jit", [
-    ("nan", 4, 1, "0"),          # rank 1 sees a NaN at step 3; both stop after the next step
-    ("batch", 8 + 5, 2, "0"),    # rank 1's callback stops after step 12 (batch 3 of epoch 1)
-    ("batch", 8 + 5, 2, "1"),    # the same with the XLA step split around the allreduce
+    ("nan", 5, 1, "0"),          # rank 1 sees a NaN at step 3; both stop after step 5
+    ("batch", 8 + 6, 2, "0"),    # rank 1's callback stops after step 12 (batch 3 of epoch 1): 14
+    ("batch", 8 + 6, 2, "1"),    # the same with the XLA step split around the allreduce
     ("epoch", 8, 1, "0"),        # rank 1's callback stops at the end of epoch 0
 ])
 def test_stop_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, mode, steps, epochs, jit):

@@ -51,6 +51,7 @@ import os
 from hvd_keras import _api  # noqa: F401  (Keras's trainer hooked, as by any use of the public API)
 from hvd_keras import _compat
 from hvd_keras import data as _data
+from hvd_keras import seeds as _seeds
 from hvd_keras._horovod import keras, tf
 from hvd_keras.callbacks import BroadcastInitialState, LearningRateWarmup
 from hvd_keras.metrics import exact_metrics
@@ -260,3 +261,6 @@ def describe():
 
 
 init()
+if size() > 1:
+    # Before the script's data code: its unseeded shuffles agree across ranks.
+    _seeds.agree_global_seed(size())

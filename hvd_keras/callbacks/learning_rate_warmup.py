@@ -4,6 +4,7 @@ from hvd_keras import _compat
 from hvd_keras._deprecation import renamed
 from hvd_keras._horovod import keras
 from hvd_keras.runtime import is_chief, size
+from hvd_keras.schedules import warmup_rate
 
 
 class LearningRateWarmup(keras.callbacks.Callback):
@@ -104,10 +105,7 @@ class LearningRateWarmup(keras.callbacks.Callback):
 
     def rate_at(self, step):
         """The learning rate this callback sets for step `step`."""
-        if step >= self.warmup_steps:
-            return self.warmup_target
-        return (self.initial_learning_rate
-                + (self.warmup_target - self.initial_learning_rate) * step / self.warmup_steps)
+        return warmup_rate(step, self.warmup_steps, self.initial_learning_rate, self.warmup_target)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._done:

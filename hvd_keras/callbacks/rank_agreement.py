@@ -75,3 +75,13 @@ class RankAgreement(keras.callbacks.Callback):
         wants = self.model.stop_training or preemption.requests.local[preemption.StopRequests.STOP] or stop
         votes = hvd.allreduce(tf.constant(1.0 if wants else 0.0), op=hvd.Sum, name="hvd_keras.stop_training")
         self.model.stop_training = float(votes) > 0
+
+
+def with_rank_agreement(model, callbacks):
+    """The callbacks `fit` runs with: the user's, then a `RankAgreement` on several ranks (hvd_keras's fit hook)."""
+    if size() == 1 or primary_optimizer(model) is None:
+        return callbacks
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, RankAgreement) for c in callbacks):
+        callbacks.append(RankAgreement())
+    return callbacks
