@@ -583,18 +583,19 @@ def build(device, python=sys.executable, environ=None, cache=None, use_cache=Tru
     inputs = probe(device, python, environ, cuda_from_wheels)
     entry = os.path.join(cache or cache_root(environ), inputs.key)
     with tempfile.TemporaryDirectory(prefix="hvd-keras-build-") as tmp:
-        cuda_home = assemble_cuda_from_wheels(python, inputs.tensorflow.site, os.path.join(tmp, "cuda")) \
-            if inputs.cuda and inputs.cuda.from_wheels and not dry_run else None
-        link_dir = _link_nccl(inputs.nccl, os.path.join(tmp, "nccl")) if inputs.nccl else None
-        the_plan = plan(inputs, os.path.join(tmp, "shim"), link_dir, cuda_home, jobs)
-        if dry_run:
-            for line in describe(the_plan):
-                print(line)
-            return None
-        wheel = cached_wheel(entry) if use_cache else None
+        wheel = cached_wheel(entry) if use_cache and not dry_run else None
         if wheel:
             say(f"using the cached build {wheel}")
         else:
+            building = not dry_run
+            cuda_home = assemble_cuda_from_wheels(python, inputs.tensorflow.site, os.path.join(tmp, "cuda")) \
+                if inputs.cuda and inputs.cuda.from_wheels and building else None
+            link_dir = _link_nccl(inputs.nccl, os.path.join(tmp, "nccl")) if inputs.nccl else None
+            the_plan = plan(inputs, os.path.join(tmp, "shim"), link_dir, cuda_home, jobs)
+            if dry_run:
+                for line in describe(the_plan):
+                    print(line)
+                return None
             wheel = _build_wheel(the_plan, python, environ, entry, tmp)
     install(wheel, python, inputs)
     return wheel
@@ -661,7 +662,7 @@ def install(wheel, python, inputs):
     say(f"installed horovod {HOROVOD_VERSION} ({controllers}{', NCCL' if nccl else ''}) into {inputs.tensorflow.site}")
 
 
-def assemble_cuda_from_wheels(python, site, dest, nvcc_version=NVCC_WHEEL_VERSION):
+def assemble_cuda_from_wheels(python, site, dest, compiler=NVCC_WHEEL_VERSION):
     """A CUDA toolkit directory from PyPI alone, for horovod's kernels against TensorFlow's CUDA 12 wheels.
 
     No CUDA 12 nvcc exists on PyPI (nvidia-cuda-nvcc-cu12 has ptxas, libnvvm
@@ -682,12 +683,12 @@ def assemble_cuda_from_wheels(python, site, dest, nvcc_version=NVCC_WHEEL_VERSIO
                               "print(m.version('nvidia-cuda-runtime-cu12'))"],
                              capture_output=True, text=True, check=True).stdout.strip()
     minor = ".".join(version.split(".")[:2])
-    say(f"assembling a CUDA toolkit from PyPI: nvcc {nvcc_version}, CUDA {minor} headers")
+    say(f"assembling a CUDA toolkit from PyPI: nvcc {compiler}, CUDA {minor} headers")
     wheels = os.path.join(os.path.dirname(dest), "cuda-wheels")
     # --no-deps: nvcc's own dependencies are unpinned, and a newer cicc emits PTX this ptxas rejects.
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--target", os.path.join(wheels, "cu13"),
-                    f"nvidia-cuda-nvcc=={nvcc_version}", f"nvidia-nvvm=={nvcc_version}",
-                    f"nvidia-cuda-crt=={nvcc_version}"], check=True)
+                    f"nvidia-cuda-nvcc=={compiler}", f"nvidia-nvvm=={compiler}",
+                    f"nvidia-cuda-crt=={compiler}"], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--target", os.path.join(wheels, "cccl"),
                     f"nvidia-cuda-cccl-cu12=={minor}.*"], check=True)
     cu13 = os.path.join(wheels, "cu13", "nvidia", "cu13")
