@@ -37,17 +37,83 @@ def _base_trainer_class():
     return Trainer
 
 
-# (owner, attribute, why hvd_keras needs it). Instance attributes are checked
-# on the first optimizer that DistributedOptimizer wraps.
-_CLASS_ATTRIBUTES = [
-    (keras.optimizers.Optimizer, "_clip_gradients",
+def _has(owner, name):
+    return lambda: hasattr(owner() if not isinstance(owner, type) else owner, name)
+
+
+def _source_mentions(get, text):
+    return lambda: text in inspect.getsource(get())
+
+
+def _importable(module, name):
+    def probe():
+        import importlib
+
+        return hasattr(importlib.import_module(module), name)
+
+    return probe
+
+
+def _seed_generator():
+    from keras.src.random.seed_generator import SeedGenerator
+
+    return SeedGenerator.__init__
+
+
+def _shuffle_dataset():
+    from tensorflow.python.data.ops import shuffle_op
+
+    return shuffle_op._ShuffleDataset.__init__
+
+
+def _tensorflow_evaluate():
+    return _trainer_class().evaluate
+
+
+def _trainer_source():
+    return _base_trainer_class()
+
+
+# Every private Keras, TensorFlow and Horovod use of hvd_keras: (what, a probe
+# that creates nothing, why). `check()` runs them all at import. Instance
+# attributes of optimizers are checked on the first optimizer hvd_keras
+# wraps (`check_optimizer`); the optional ones below are used only where they
+# exist (`_make_function`, `_autoconvert_optionals`: Keras >= 3.7;
+# `_iterations`: Keras >= 3.5; `aggregation`: Keras >= 3.1).
+_PRIVATE_USES = [
+    ("Optimizer._clip_gradients", _has(keras.optimizers.Optimizer, "_clip_gradients"),
      "the gradient allreduce is hooked there: every real update passes it once"),
-    (_trainer_class, "make_train_function", "hvd_keras builds the XLA and mixed-precision train step"),
-    (_epoch_iterator_class, "_get_iterator", "the input pipeline is adjusted for a rank on one CPU"),
-    (_base_trainer_class, "get_metrics_result", "exact metrics combine metric states before results"),
-    (_base_trainer_class, "compile_from_config", "a model loaded from a file compiles without the wrapper"),
-    (_base_trainer_class, "_symbolic_build", "a run resumed inside an epoch restores its metric states"),
-    (LossScaleOptimizer, "inner_optimizer", None),
+    ("TensorFlowTrainer.make_train_function", _has(_trainer_class, "make_train_function"),
+     "hvd_keras builds the XLA and mixed-precision train step"),
+    ("TFEpochIterator._get_iterator", _has(_epoch_iterator_class, "_get_iterator"),
+     "the input pipeline is adjusted for a rank on one CPU"),
+    ("Trainer.get_metrics_result", _has(_base_trainer_class, "get_metrics_result"),
+     "exact metrics combine metric states before results"),
+    ("Trainer.compile_from_config", _has(_base_trainer_class, "compile_from_config"),
+     "a model loaded from a file compiles without the wrapper"),
+    ("Trainer._symbolic_build", _has(_base_trainer_class, "_symbolic_build"),
+     "a run resumed inside an epoch restores its metric states"),
+    ("Trainer._jit_compile", _source_mentions(_trainer_source, "self._jit_compile"),
+     "the train function is compiled with hvd_keras's XLA decision, evaluate and predict with Keras's"),
+    ("TensorFlowTrainer.evaluate's _use_cached_eval_dataset",
+     _source_mentions(_tensorflow_evaluate, "_use_cached_eval_dataset"),
+     "fit's own validation is told apart from a direct evaluate"),
+    ("keras.src.backend.tensorflow.trainer.reduce_per_replica",
+     _importable("keras.src.backend.tensorflow.trainer", "reduce_per_replica"),
+     "the one-step train function reduces its outputs as Keras does"),
+    ("keras.src.legacy.saving.legacy_h5_format.load_model_from_hdf5",
+     _importable("keras.src.legacy.saving.legacy_h5_format", "load_model_from_hdf5"),
+     "a model loaded from HDF5 compiles without the wrapper"),
+    ("SeedGenerator's 'seed_generator_state' variable", _source_mentions(_seed_generator, "seed_generator_state"),
+     "each rank's dropout and augmentation masks are its own"),
+    ("tf.data's _ShuffleDataset._seed and _inputs()", lambda: (
+        "self._seed, self._seed2" in inspect.getsource(_shuffle_dataset()) and hasattr(tf.data.Dataset, "_inputs")),
+     "data.shard refuses a dataset shuffled without a seed"),
+    ("tensorflow.python.framework.config.is_op_determinism_enabled",
+     _importable("tensorflow.python.framework.config", "is_op_determinism_enabled"),
+     "timing is skipped under op determinism, which refuses tf.timestamp"),
+    ("LossScaleOptimizer.apply", _has(LossScaleOptimizer, "apply"),
+     "a LossScaleOptimizer around a distributed one is put in the order that agrees across ranks"),
 ]
 _INSTANCE_ATTRIBUTES = ["_learning_rate", "iterations", "gradient_accumulation_steps"]
 
@@ -61,23 +127,20 @@ def _refuse(missing):
 
 
 def check():
-    """Raises ImportError naming the supported versions if a class attribute is missing.
+    """Raises ImportError naming the supported versions if a private use of hvd_keras is missing.
 
     Run at import, it creates nothing: making an optimizer would start
     TensorFlow's runtime, after which the script could no longer set thread
     counts or visible devices (`hvd_keras.init()` pins each rank's GPU).
     """
     missing = []
-    for owner, name, _ in _CLASS_ATTRIBUTES:
-        cls = owner if isinstance(owner, type) else owner()
-        if name == "inner_optimizer":
-            continue  # an instance attribute of LossScaleOptimizer, see check_optimizer
-        if not hasattr(cls, name):
-            missing.append(f"{cls.__name__}.{name}")
-    from keras.src.random.seed_generator import SeedGenerator
-
-    if _SEED_STATE not in inspect.getsource(SeedGenerator.__init__):
-        missing.append(f"SeedGenerator's {_SEED_STATE!r} variable")
+    for what, probe, _ in _PRIVATE_USES:
+        try:
+            present = probe()
+        except (ImportError, AttributeError, OSError, TypeError):
+            present = False
+        if not present:
+            missing.append(what)
     if missing:
         _refuse(missing)
 
