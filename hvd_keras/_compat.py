@@ -10,6 +10,7 @@ instead of deep inside a training step. The runtime guard in
 
 import functools
 import inspect
+import types
 
 from hvd_keras._horovod import hvd, keras, tf
 
@@ -112,6 +113,8 @@ _PRIVATE_USES = [
     ("tensorflow.python.framework.config.is_op_determinism_enabled",
      _importable("tensorflow.python.framework.config", "is_op_determinism_enabled"),
      "timing is skipped under op determinism, which refuses tf.timestamp"),
+    ("Trainer._get_metrics_result_or_logs", _has(_base_trainer_class, "_get_metrics_result_or_logs"),
+     "exact metrics whatever names a custom train_step gives its logs"),
     ("LossScaleOptimizer.apply", _has(LossScaleOptimizer, "apply"),
      "a LossScaleOptimizer around a distributed one is put in the order that agrees across ranks"),
 ]
@@ -429,6 +432,21 @@ def variable_aggregation(variable):
     release is a total or a count, which sum.
     """
     return getattr(variable, "aggregation", "sum")
+
+
+def wrap_metrics_result_or_logs(model, replacement):
+    """Makes the model's epoch and evaluate logs come from `replacement(model, logs, original)`.
+
+    Keras >= 3.0's `Trainer._get_metrics_result_or_logs(logs)` chooses
+    between the metrics' results and the last step's logs; `original(logs)`
+    is Keras's own.
+    """
+    original = model._get_metrics_result_or_logs
+
+    def metrics_result_or_logs(self, logs):
+        return replacement(self, logs, original)
+
+    model._get_metrics_result_or_logs = types.MethodType(metrics_result_or_logs, model)
 
 
 def is_fit_validation(evaluate_kwargs):

@@ -3,8 +3,10 @@
 import contextlib
 import types
 
+import numpy as np
+
 from hvd_keras import _compat
-from hvd_keras._horovod import hvd, tf
+from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.runtime import size
 
 _OPS = {"sum": hvd.Sum, "mean": hvd.Average}
@@ -88,6 +90,61 @@ def exact_metrics(model):
         with global_metric_states(self.metrics):
             return _to_numpy(local_result())
 
+    def metrics_result_or_logs(self, logs, local_logs):
+        # Keras takes the metrics' results where the step's logs have their
+        # names, else the last step's logs as they are: a custom train_step
+        # returning other names (the guide's {m.name: m.result() for m in
+        # self.metrics}, a raw loss) got each rank's own values.
+        if not tf.executing_eagerly() or getattr(self, "_hvd_local_metrics", False):
+            return local_logs(logs)
+        results = self.get_metrics_result()
+        if not isinstance(logs, dict) or set(logs) == set(results):
+            return results if isinstance(logs, dict) else local_logs(logs)
+        return _exact_logs(self, logs)
+
     model.get_metrics_result = types.MethodType(get_metrics_result, model)
+    _compat.wrap_metrics_result_or_logs(model, metrics_result_or_logs)
     model._hvd_exact_metrics = True
     return model
+
+
+def _reachable_metrics(model):
+    """Every metric of the model by name: `model.metrics`, their sub-metrics (compiled ones), and attributes."""
+    found = {}
+    queue = list(model.metrics) + [v for v in vars(model).values() if isinstance(v, keras.metrics.Metric)]
+    while queue:
+        metric = queue.pop(0)
+        if metric.name not in found:
+            found[metric.name] = metric
+            queue += [m for m in getattr(metric, "metrics", []) if isinstance(m, keras.metrics.Metric)]
+    return found
+
+
+def _exact_logs(model, logs):
+    """The step's logs made exact over all ranks, whatever their names.
+
+    A log named after a metric of the model (a tracker, a compiled metric,
+    the "compile_metrics" container) becomes that metric's result on the
+    states of all ranks; any other number (a raw loss tensor) becomes its
+    mean over the ranks, the global value of a per-batch mean on equal shards.
+    """
+    metrics = _reachable_metrics(model)
+    named = {k: metrics[k] for k in logs if k in metrics}
+    others = sorted(k for k in logs if k not in named and _is_number(logs[k]))
+    with global_metric_states(list(named.values())):
+        exact = {k: _numpy(m.result()) for k, m in named.items()}
+    if others and size() > 1:
+        values = [tf.cast(tf.convert_to_tensor(logs[k]), tf.float64) for k in others]
+        averaged = hvd.grouped_allreduce(values, op=hvd.Average, name="hvd_keras.metrics.logs")
+        exact.update({k: v.numpy() for k, v in zip(others, averaged)})
+    return {k: exact.get(k, logs[k]) for k in logs}
+
+
+def _is_number(value):
+    return tf.is_tensor(value) or isinstance(value, (int, float, np.number, np.ndarray))
+
+
+def _numpy(result):
+    if isinstance(result, dict):
+        return {k: _numpy(v) for k, v in result.items()}
+    return result.numpy() if hasattr(result, "numpy") else result

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from conftest import load_ranks, run_workers
 
 
@@ -43,3 +44,18 @@ def test_early_stopping_stops_all_ranks_at_the_same_epoch(tmp_path):
     assert len(last["step_time_per_rank"]) == 2 and all(t > 0 for t in last["step_time_per_rank"])
     assert all(0 < s < 1 for s in last["allreduce_share_per_rank"])
     assert last["scaling_efficiency"] == last["global_samples_per_sec"] / 2000.0
+
+
+@pytest.mark.parametrize("mode", ["guide", "trackers", "raw"])
+def test_custom_train_step_logs_are_exact_whatever_their_names(tmp_path, mode):
+    # guide: {m.name: m.result() for m in self.metrics} with compiled metrics (keys "loss", "compile_metrics");
+    # raw: the step's own loss tensor. Both gave each rank its own values before (loss 1.381 / 1.107).
+    single = str(tmp_path / "single")
+    run_workers("custom_logs.py", ["--mode", mode, "--out", single], np_=1)
+    out = str(tmp_path / "dist")
+    run_workers("custom_logs.py", ["--mode", mode, "--out", out])
+    (s,), (r0, r1) = load_ranks(single, 1), load_ranks(out, 2)
+    assert set(s) == set(r0) and len(s) >= 2
+    for key in s:
+        assert float(r0[key]) == float(r1[key]), key
+        assert abs(float(r0[key]) - float(s[key])) < 1e-6, key
