@@ -120,13 +120,22 @@ def with_agreed_flags(step_function):
     return step
 
 
-def taking_agreed_flags(train_function):
-    """`train_function` with the agreed flags taken out of its logs and handed to `requests`."""
+def taking_agreed_flags(train_function, model=None):
+    """`train_function` with the agreed flags taken out of its logs and handed to `requests`.
+
+    Once a training stop is agreed, it sets `model.stop_training` itself,
+    in the main thread before Keras's loop checks it, so that no callback
+    has to run after every batch: Keras then dispatches batch ends
+    asynchronously (where no other callback needs them), and the host never
+    waits for the device to read the flags.
+    """
     def train(iterator):
         logs = train_function(iterator)
         flags = logs.pop(LOG_KEY, None) if isinstance(logs, dict) else None
         if flags is not None:
             requests.step_returned(flags)
+            if model is not None and requests.agreed()[StopRequests.STOP]:
+                model.stop_training = True
         return logs
 
     return train

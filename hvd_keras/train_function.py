@@ -114,7 +114,7 @@ def _make(model, step):
     if not getattr(primary_optimizer(model), "_hvd_carry_stop", False):
         return _compat.make_step_function(model, step, jit_compile=False)
     function = _compat.make_step_function(model, preemption.with_agreed_flags(step), jit_compile=False)
-    return preemption.taking_agreed_flags(function)
+    return preemption.taking_agreed_flags(function, model)
 
 
 def _guarded(model, step):

@@ -27,6 +27,12 @@ class RankAgreement(keras.callbacks.Callback):
     ```
     """
 
+    # Its batch end only turns a stop set by another callback into a request;
+    # the agreed stop is applied by the train function itself
+    # (preemption.taking_agreed_flags). So it lets Keras dispatch batch ends
+    # on a thread where nothing else needs them in the main thread.
+    async_safe = True
+
     def __init__(self):
         super().__init__()
         self._active = False
@@ -55,11 +61,9 @@ class RankAgreement(keras.callbacks.Callback):
         if not self._active:
             return
         preempt, stop = preemption.requests.agreed()
-        if preempt:
-            return  # a preemption stop is already agreed by every rank
-        if stop:
-            self.model.stop_training = True
-        elif self.model.stop_training:
+        if preempt or stop:
+            return  # already agreed by every rank, and applied by the train function
+        if self.model.stop_training:
             # Not yet: the other ranks learn it in the next step's allreduce,
             # and every rank stops after that same step.
             preemption.requests.request(preemption.StopRequests.STOP)
