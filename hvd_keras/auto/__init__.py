@@ -11,7 +11,13 @@ What changes, through hvd_keras's public pieces:
   `HVD_KERAS_LR_SCALING`; metrics become exact over all ranks
   (`exact_metrics`). The compile that `keras.saving.load_model` runs is left
   plain, so a model loaded on one rank evaluates and predicts there alone.
-- `Model.fit`: numpy and `tf.data` inputs (and `validation_data`) are sharded
+- Before the script's data code (at the import): on several ranks, Python,
+  NumPy, TensorFlow and Keras are seeded with one seed of the job, the same
+  on every rank (`hvd_keras.seeds`), so unseeded shuffles before sharding
+  agree. Dropout and augmentation masks still differ between ranks.
+- `Model.fit`: the optimizers a model keeps as attributes for its own
+  `train_step` (set in a custom `compile`) are distributed in place, their
+  float rates scaled as compile's; numpy and `tf.data` inputs (and `validation_data`) are sharded
   so each sample is seen once per epoch across ranks; `steps_per_epoch` and
   `validation_steps` are divided among ranks; the initial state is broadcast
   from rank 0; a learning-rate warmup of `HVD_KERAS_WARMUP_EPOCHS` epochs is
