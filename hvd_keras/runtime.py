@@ -1,18 +1,17 @@
 """Process-level state: Horovod initialisation, ranks and a barrier."""
 
 import os
-import socket
 import sys
 
-from hvd_keras import placement, scheduling
-from hvd_keras.cluster import job_size
+from hvd_keras import placement, scheduling, watchdog
+from hvd_keras.cluster import host, job_size
 from hvd_keras.launcher import recommended_env
 from hvd_keras._horovod import hvd, tf
 
 _state = {}
 
 
-def init(comm=None):
+def init(comm=None, step_timeout=None):
     """Initialises Horovod and pins this process to its GPU. Idempotent.
 
     On a machine with GPUs each process takes one GPU, with memory growth
@@ -40,6 +39,12 @@ def init(comm=None):
             `OMPI_MCA_mpi_yield_when_idle=1` in the job script (rank 0 says
             so when it is missing), and OpenMPI's own threads keep their
             scheduling policy.
+        step_timeout: seconds a train step may run before this rank ends
+            with one line naming its host and rank (`hvd_keras.watchdog`):
+            a host or link that went down leaves MPI and NCCL collectives
+            waiting forever. Default: `HVD_KERAS_STEP_TIMEOUT`, else 30 s
+            (60 s under Gloo, whose own 30 s timeout comes first); 0 turns
+            it off. Not used at size 1.
 
     Example:
 
@@ -64,6 +69,10 @@ def init(comm=None):
     check_horovod_build(gpus, nccl=bool(hvd.nccl_built()), mpi=hvd.mpi_built(), gloo=hvd.gloo_built())
     apply_recommended_env(os.environ, gpus=gpus, np=job_size() if comm is None else _comm_size(comm))
     threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
+    if step_timeout is None:
+        watchdog.step_timeout()  # so does a bad HVD_KERAS_STEP_TIMEOUT
+    else:
+        watchdog._checked(step_timeout)
     if not hvd.is_initialized():
         before = scheduling.threads()
         hvd.init() if comm is None else hvd.init(comm=comm)
@@ -76,8 +85,10 @@ def init(comm=None):
     # TensorFlow's configuration (threads, devices) before the user's script
     # sets it. The placements are compared in the first collective hvd_keras
     # runs anyway (broadcast.check_same_structure, before the first step).
-    _state["placement"] = pin_gpu(tf.config, socket.gethostname(), hvd.rank(), hvd.local_rank(),
-                                  hvd.local_size())
+    if hvd.size() > 1:
+        watchdog.install(hvd.rank(), "gloo" if hvd.gloo_enabled() else "mpi", timeout=step_timeout)
+    # Grouped by host identity, not hostname: two hosts may share a name.
+    _state["placement"] = pin_gpu(tf.config, host.identity(), hvd.rank(), hvd.local_rank(), hvd.local_size())
 
 
 _MPI_YIELD = "OMPI_MCA_mpi_yield_when_idle"

@@ -29,7 +29,7 @@ Keras's step runs as Keras compiles it, nothing added):
 import itertools
 import types
 
-from hvd_keras import _compat, preemption
+from hvd_keras import _compat, preemption, watchdog
 from hvd_keras._horovod import tf
 from hvd_keras.broadcast import model_optimizers
 from hvd_keras.optimizer import (
@@ -110,11 +110,13 @@ def _make(model, step):
     as an output of the step they are on the host with the loss, where
     reading the variable afterwards costs an eager op per batch.
     """
+    # Each call is timed against this rank's deadline (hvd_keras.watchdog):
+    # a collective waiting for a host that went down never returns.
     step = _guarded(model, step)
     if not getattr(primary_optimizer(model), "_hvd_carry_stop", False):
-        return _compat.make_step_function(model, step, jit_compile=False)
+        return watchdog.guard(_compat.make_step_function(model, step, jit_compile=False))
     function = _compat.make_step_function(model, preemption.with_agreed_flags(step), jit_compile=False)
-    return preemption.taking_agreed_flags(function, model)
+    return watchdog.guard(preemption.taking_agreed_flags(function, model))
 
 
 def _guarded(model, step):

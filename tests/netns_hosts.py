@@ -59,7 +59,9 @@ SSH_CLIENT_CONFIG = """Host *
 
 # Run inside the host's fresh UTS and mount namespaces; `exec sleep` keeps them.
 # A sysfs of the host's network namespace (its /sys/class/net), with the
-# machine's cgroup mounts on it as before (slurmd needs them).
+# machine's cgroup mounts on it as before (slurmd needs them). /root is the
+# host's own directory with root's real entries bound into it (Python may
+# live there, under ~/.pyenv), except ~/.ssh: the host's own.
 HOLDER = """set -e
 hostname {name}
 mkdir -p {dir}/cgroup
@@ -71,7 +73,15 @@ mount --bind {dir}/tmp /tmp
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd /run/munge
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mkdir -p {dir}/home
+mount --rbind /root {dir}/home
 mount --bind {dir}/root /root
+for entry in {dir}/home/* {dir}/home/.[!.]*; do
+  name=${{entry##*/}}
+  if [ "$name" = .ssh ] || [ ! -e "$entry" ]; then continue; fi
+  if [ -d "$entry" ]; then mkdir -p "/root/$name"; else touch "/root/$name"; fi
+  mount --rbind "$entry" "/root/$name"
+done
 mount --bind {dir}/etc/hosts /etc/hosts
 mount --bind {dir}/etc/hostname /etc/hostname
 mount --bind {dir}/etc/machine-id /etc/machine-id
