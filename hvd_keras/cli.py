@@ -22,6 +22,8 @@ def _parser():
     sl.add_argument("--slurm", dest="slurm", action="store_const", const="force",
                     help="require a Slurm allocation and take hosts from it")
     sl.add_argument("--no-slurm", dest="slurm", action="store_const", const="off")
+    r.add_argument("--network-interface", help="the network interface(s) ranks talk over, e.g. eth0 or ib0 "
+                   "(passed to horovodrun; skips its probe of every host)")
     r.add_argument("--gpus", action="store_true",
                    help="one process per GPU: check -np against this host's GPUs and set NCCL's variables")
     r.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
@@ -128,7 +130,8 @@ def _bench_allreduce_config(args):
 def _run_config(args):
     return launcher.LaunchConfig(
         script=args.script, script_args=tuple(args.script_args), np=args.np, hosts=args.hosts,
-        hostfile=args.hostfile, controller=args.controller, slurm=args.slurm or "auto", gpus=args.gpus,
+        hostfile=args.hostfile, controller=args.controller, network_interface=args.network_interface,
+        slurm=args.slurm or "auto", gpus=args.gpus,
         dry_run=args.dry_run,
     )
 

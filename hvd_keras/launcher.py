@@ -10,9 +10,8 @@ import shlex
 import subprocess
 import sys
 
-import socket
-
 from hvd_keras import placement
+from hvd_keras.cluster import host as host_of
 from hvd_keras.cluster import SLURMEnvironment
 from hvd_keras.cluster import slurm as slurm_vars
 
@@ -86,6 +85,7 @@ class LaunchConfig:
     hosts: str = None          # "host:slots,host:slots"
     hostfile: str = None
     controller: str = None     # "gloo", "mpi" or None (horovodrun decides)
+    network_interface: str = None  # horovodrun --network-interface: the NIC(s) ranks talk over
     slurm: str = "auto"        # "auto", "force" or "off"
     gpus: bool = False
     dry_run: bool = False
@@ -181,20 +181,22 @@ def processes_per_host(the_plan):
     return placed
 
 
-def _is_this_host(host):
-    return host in ("localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn())
-
-
-def check_gpus(the_plan, gpu_count=None):
+def check_gpus(the_plan, gpu_count=None, is_local=None):
     """With --gpus: fails when this host would run more processes than it has GPUs.
 
-    Remote hosts are not reachable from here and are checked by every
-    process's `hvd_keras.init()` instead.
+    This host is found in the plan by name, by the address of any of its
+    interfaces, or by a name that resolves to one (`-H 10.0.0.1:4` on the
+    host 10.0.0.1). Remote hosts are not reachable from here and are checked
+    by every process's `hvd_keras.init()` instead.
 
     Args:
         gpu_count: GPUs visible here; defaults to `placement.visible_gpu_count()`.
+        is_local: decides whether a host of the plan is this one; defaults to
+            `hvd_keras.cluster.host.is_local`.
     """
-    local = sum(n for host, n in processes_per_host(the_plan) if _is_this_host(host))
+    is_local = host_of.is_local if is_local is None else is_local
+    mine = [(host, n) for host, n in processes_per_host(the_plan) if n and is_local(host)]
+    local = sum(n for _, n in mine)
     if local == 0:
         return
     count = placement.visible_gpu_count() if gpu_count is None else gpu_count
@@ -204,9 +206,15 @@ def check_gpus(the_plan, gpu_count=None):
             "CUDA_VISIBLE_DEVICES is unset). HINT: set CUDA_VISIBLE_DEVICES, or drop --gpus."
         )
     if local > count:
+        if len(the_plan.hosts) > 1:
+            named = mine[0][0]
+            fix = (f"give this host ({named}) at most {count} slots, one process per GPU: "
+                   f"-H {format_hosts([(h, count if h == named else s) for h, s in the_plan.hosts])}")
+        else:
+            fix = f"pass -np {count} (one process per GPU) or fewer"
         raise LaunchError(
             f"--gpus: {local} processes would run on this host but it has {count} GPU(s), so "
-            f"processes would share a GPU. HINT: pass -np {count} (one process per GPU) or fewer."
+            f"processes would share a GPU. HINT: {fix}."
         )
 
 
@@ -235,6 +243,10 @@ def build_command(config, the_plan, python=None):
     cmd = ["horovodrun", "-np", str(the_plan.np), "-H", format_hosts(the_plan.hosts)]
     if config.controller:
         cmd.append(f"--{config.controller}")
+    if config.network_interface:
+        # Named, horovodrun skips probing every host's interfaces over ssh
+        # (about a minute for 2 hosts here) and Gloo and MPI use that NIC.
+        cmd += ["--network-interface", config.network_interface]
     program = ["-m", config.module] if config.module else [config.script]
     cmd += [python or sys.executable, *program, *config.script_args]
     return cmd

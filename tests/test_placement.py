@@ -8,6 +8,7 @@ import pytest
 from conftest import worker_env
 
 from hvd_keras import cli, launcher, placement
+from hvd_keras.cluster import host
 from hvd_keras.runtime import pin_gpu
 
 
@@ -170,3 +171,40 @@ def test_import_and_init_leave_tensorflow_configurable():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=worker_env())
     assert proc.returncode == 0 and "configurable" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_this_host_is_found_by_address_and_the_hint_names_its_slots(tmp_path):
+    # -H by address on a host whose hostname is node1: the check was skipped, and its hint said "-np 1".
+    script = tmp_path / "train.py"
+    script.write_text("")
+    the_plan = launcher.plan(launcher.LaunchConfig(script=str(script), hosts="10.7.0.1:2,10.7.0.2:2", gpus=True),
+                             environ={})
+    mine = lambda h: host.is_local(h, names={"node1", "localhost", "eth0"}, addresses={"10.7.0.1", "127.0.0.1"},
+                                   resolve=lambda name: set())
+    with pytest.raises(launcher.LaunchError) as e:
+        launcher.check_gpus(the_plan, gpu_count=1, is_local=mine)
+    assert "2 processes would run on this host but it has 1 GPU(s)" in str(e.value)
+    assert "HINT: give this host (10.7.0.1) at most 1 slots, one process per GPU: -H 10.7.0.1:1,10.7.0.2:2" in str(
+        e.value)
+    launcher.check_gpus(the_plan, gpu_count=2, is_local=mine)
+
+
+@pytest.mark.parametrize("name,local", [
+    ("node1", True), ("localhost", True), ("eth0", True),       # its hostname, localhost, an interface's name
+    ("10.7.0.1", True), ("127.0.0.1", True), ("::1", True),      # its addresses, loopback
+    ("node1.cluster", True),                                     # a name that resolves to one of its addresses
+    ("10.7.0.2", False), ("node2", False), ("node9", False),     # another host, an unknown name
+])
+def test_local_host_by_name_address_and_interface(name, local):
+    resolved = {"node1.cluster": {"10.7.0.1"}, "node2": {"10.7.0.2"}}
+    assert host.is_local(name, names={"node1", "localhost", "eth0"}, addresses={"10.7.0.1", "127.0.0.1"},
+                         resolve=lambda n: resolved.get(n, set())) is local
+
+
+def test_host_identity_tells_apart_hosts_with_one_hostname(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_text("machine-a\n")
+    b.write_text("machine-b\n")
+    one, other = host.identity("node", files=(str(a),)), host.identity("node", files=(str(b),))
+    assert one.name == other.name == "node" and one.key != other.key
+    assert host.identity("node", files=(str(a),)) == one  # the same host, the same key
