@@ -10,6 +10,7 @@ import tempfile
 import numpy as np
 
 from hvd_keras import _compat
+from hvd_keras.cluster import host
 from hvd_keras._version import __version__
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.broadcast import broadcast_state, state_variables
@@ -289,6 +290,8 @@ def resume(model, directory, root_rank=0):
     """
     meta = None
     state_variables(model)  # build optimizer slots to load into, on every rank (a collective)
+    if size() > 1:
+        check_same_view(directory, root_rank)
     if rank() == root_rank:
         meta = _load_newest_intact(model, directory)
     if size() > 1:
@@ -302,6 +305,47 @@ def resume(model, directory, root_rank=0):
         print(f"hvd_keras: resumed from {meta['path']} (epoch {meta['initial_epoch']}{within}, "
               f"step {meta['global_step']})", flush=True)
     return meta["initial_epoch"]
+
+
+#: A file naming the directory (a random token), which every host that mounts it reads alike.
+DIRECTORY_MARKER = ".hvd_keras-directory"
+
+
+def directory_token(directory):
+    """The directory's token (written once, atomically, by the first `Checkpoint` to use it)."""
+    marker = os.path.join(directory, DIRECTORY_MARKER)
+    if not os.path.exists(marker):
+        tmp = f"{marker}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(os.urandom(16).hex())
+        os.replace(tmp, marker)
+    with open(marker) as f:
+        return f.read().strip()
+
+
+def check_same_view(directory, root_rank=0):
+    """Raises on every rank when the ranks' hosts see different checkpoints in `directory`.
+
+    A directory on one node's local disk (`/tmp/ckpt`, a scratch SSD) holds
+    the checkpoints of the node that wrote them; when a resumed job puts
+    `root_rank` on another node, it would find none there and train again
+    from epoch 0 without a word. Every rank lists the directory; one
+    allgather compares what each host sees. Every rank must call it.
+    """
+    found = list_checkpoints(directory) if os.path.isdir(directory) else []
+    mine = (host.identity().name, os.path.basename(found[-1]) if found else None)
+    views = hvd.allgather_object(mine, name="hvd_keras.checkpoint_view")
+    if len({newest for _, newest in views}) <= 1:
+        return
+    seen = {}
+    for r, (name, newest) in enumerate(views):
+        seen.setdefault((name, newest), []).append(r)
+    detail = "; ".join(f"{name} (rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}) sees "
+                       f"{newest or 'no checkpoint'}" for (name, newest), ranks in seen.items())
+    raise ValueError(
+        f"hvd_keras: the checkpoint directory {directory!r} differs between hosts: {detail}. Rank {root_rank} "
+        "would resume from what its own host holds, or start over. HINT: keep checkpoints on a file system every "
+        "node mounts (the job's shared home, NFS, Lustre), or copy the directory to every node before resuming.")
 
 
 def read_json(path):

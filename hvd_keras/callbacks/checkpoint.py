@@ -8,6 +8,7 @@ import numpy as np
 from hvd_keras import _compat, preemption
 from hvd_keras import checkpoint as ckpt
 from hvd_keras._horovod import hvd, keras
+from hvd_keras.cluster import host
 from hvd_keras.optimizer import enable_step_option, primary_optimizer
 from hvd_keras.runtime import is_chief, size
 
@@ -111,8 +112,28 @@ class Checkpoint(keras.callbacks.Callback):
             state = hvd.broadcast_object(state, root_rank=0, name="hvd_keras.checkpoint_directory")
         if state["error"]:
             raise OSError(state["error"])
+        if size() > 1:
+            self._warn_if_not_shared(state["token"])
         if self.monitor is not None and state["best"] is not None and self.best is None:
             self.best = state["best"]
+
+    def _warn_if_not_shared(self, token):
+        # Rank 0's directory marker, as each host sees it: a node-local
+        # directory is fine for writing, but a job resumed with rank 0 on
+        # another node would not find it (resume() then refuses, naming hosts).
+        marker = os.path.join(self.directory, ckpt.DIRECTORY_MARKER)
+        try:
+            with open(marker) as f:
+                sees = f.read().strip() == token
+        except OSError:
+            sees = False
+        views = hvd.allgather_object((host.identity().name, sees), name="hvd_keras.checkpoint_shared")
+        blind = sorted({name for name, ok in views if not ok})
+        if blind and is_chief():
+            print(f"hvd_keras: Checkpoint directory {self.directory!r} is not shared: {', '.join(blind)} cannot see "
+                  "what rank 0 writes there. A job resumed with rank 0 on such a node would not find the "
+                  "checkpoints (hvd_keras.resume refuses it, naming the hosts). HINT: checkpoint to a file system "
+                  "every node mounts.", flush=True)
 
     def _prepare_directory(self):
         # Rank 0 proves it can write before the first step; every rank learns the outcome.
@@ -125,11 +146,12 @@ class Checkpoint(keras.callbacks.Callback):
                 f.flush()
                 os.fsync(f.fileno())
             os.remove(probe)
+            token = ckpt.directory_token(self.directory)
         except OSError as e:
             return {"error": (f"hvd_keras: Checkpoint cannot write to {self.directory!r} "
                               f"(checked on rank 0 before training): {e.strerror or e}. HINT: pass a "
                               "directory that rank 0 can create and write, on a filesystem every "
-                              "rank of a resumed job can read."), "best": None}
+                              "rank of a resumed job can read."), "best": None, "token": None}
         best = None
         best_file = os.path.join(self.directory, ckpt.BEST_FILE)
         if self.monitor is not None and os.path.exists(best_file):
@@ -137,7 +159,7 @@ class Checkpoint(keras.callbacks.Callback):
             if record.get("monitor") == self.monitor and os.path.isdir(
                     os.path.join(self.directory, record["path"])):
                 best = record["value"]
-        return {"error": None, "best": best}
+        return {"error": None, "best": best, "token": token}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
