@@ -59,6 +59,22 @@ def enable_step_option(model, option):
         model.make_train_function(force=True)
 
 
+# Set while `built_locally` runs: the structure check is a collective, which
+# a worker joining an elastic job would run alone (the others built theirs
+# long ago); the elastic state's sync checks the structure on every rank.
+_local_build = []
+
+
+@contextlib.contextmanager
+def built_locally():
+    """Within the block, building a distributed optimizer runs no collective (elastic training)."""
+    _local_build.append(True)
+    try:
+        yield
+    finally:
+        _local_build.pop()
+
+
 class _AllreduceMixin:
     """The one place where gradients cross ranks: `reduce`, one fused grouped allreduce."""
 
@@ -134,7 +150,7 @@ class _AllreduceMixin:
 
     def build(self, variables):
         super().build(variables)
-        if size() > 1:
+        if size() > 1 and not _local_build:
             # Ranks whose models differ would otherwise reduce mismatched
             # gradients; init_scope runs the check eagerly even when the
             # first apply() builds the optimizer inside a traced function.

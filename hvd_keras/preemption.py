@@ -25,8 +25,11 @@ LOG_KEY = "_hvd_keras_agreed_stop"
 class StopRequests:
     """This rank's requests to stop and the ones all ranks agreed on, as one object (`requests`).
 
-    Two requests travel: [0] preemption (a signal), [1] a callback set
-    `model.stop_training`. A request is a flag in a variable that the
+    Three requests travel: [0] preemption (a signal), [1] a callback set
+    `model.stop_training`, [2] under elastic training, rank 0 heard from
+    horovodrun that hosts were added or removed (`hvd_keras.elastic`: every
+    rank then commits and resets after the same step). A request is a flag
+    in a variable that the
     distributed optimizer's fused allreduce carries (`optimizer.reduce`);
     the agreed flags come back as an output of the compiled step.
 
@@ -38,23 +41,25 @@ class StopRequests:
     so they still stop after the same step, one later than they learnt it.
     """
 
-    PREEMPT, STOP = 0, 1
+    PREEMPT, STOP, HOSTS = 0, 1, 2
+    COUNT = 3
 
     def __init__(self):
         self._variables = None
         # This rank's requests as Python values too: read once per batch,
         # they cost nothing, where reading a variable is an eager op (~100 us).
-        self.local = [False, False]
-        self._agreed = [False, False]
+        self.local = [False] * self.COUNT
+        self._agreed = [False] * self.COUNT
         self._pending = None        # the last step's flags, a tensor not read yet
         self.steps_returned = 0     # train function calls that returned flags (tests)
 
     def variables(self):
-        """(requested here, requested by any rank): float32 vectors [preempt, stop], made once."""
+        """(requested here, requested by any rank): float32 vectors [preempt, stop, hosts], made once."""
         if self._variables is None:
             with tf.init_scope():
-                self._variables = (tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_local"),
-                                   tf.Variable([0.0, 0.0], trainable=False, name="hvd_keras_stop_agreed"))
+                zeros = [0.0] * self.COUNT
+                self._variables = (tf.Variable(zeros, trainable=False, name="hvd_keras_stop_local"),
+                                   tf.Variable(zeros, trainable=False, name="hvd_keras_stop_agreed"))
         return self._variables
 
     def request(self, index):
@@ -63,10 +68,10 @@ class StopRequests:
 
     def reset(self):
         local, agreed = self.variables()
-        local.assign([0.0, 0.0])
-        agreed.assign([0.0, 0.0])
-        self.local = [False, False]
-        self._agreed = [False, False]
+        local.assign([0.0] * self.COUNT)
+        agreed.assign([0.0] * self.COUNT)
+        self.local = [False] * self.COUNT
+        self._agreed = [False] * self.COUNT
         self._pending = None
 
     def step_returned(self, flags):
@@ -84,7 +89,7 @@ class StopRequests:
 
     def _take(self, flags):
         values = flags.numpy()
-        self._agreed = [self._agreed[i] or bool(values[i] > 0.0) for i in (self.PREEMPT, self.STOP)]
+        self._agreed = [self._agreed[i] or bool(values[i] > 0.0) for i in range(self.COUNT)]
 
     def agreed(self):
         """(preemption stop agreed, training stop agreed) as known from the steps read so far."""
@@ -92,7 +97,13 @@ class StopRequests:
             return self.local[self.PREEMPT], self.local[self.STOP]
         if self.steps_returned == 0 and self._variables is not None:
             self._take(self._variables[1])  # no step returned them (yet): the variable itself
-        return tuple(self._agreed)
+        return self._agreed[self.PREEMPT], self._agreed[self.STOP]
+
+    def hosts_updated(self):
+        """Whether a hosts-updated notice is agreed (elastic training), as known from the steps read so far."""
+        if size() == 1:
+            return self.local[self.HOSTS]
+        return self._agreed[self.HOSTS]
 
 
 requests = StopRequests()
