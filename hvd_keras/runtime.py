@@ -208,3 +208,17 @@ def barrier(name="hvd_keras.barrier"):
     """
     if size() > 1:
         hvd.allreduce(tf.zeros([]), op=hvd.Sum, name=name)
+
+
+def reinit():
+    """Starts Horovod again with the rank and size the launcher gives now; Horovod's elastic reset.
+
+    Horovod's elastic reset (`shutdown(); init()`) gives this process a new
+    rank and size. hvd_keras's own per-process state (the GPU placement, the
+    watchdog's rank) is made again for them; the GPU stays the same, since an
+    elastic worker keeps its slot on its host. Every rank of the new job
+    calls it (`hvd_keras.elastic`).
+    """
+    hvd.shutdown()
+    _state.pop("placement", None)
+    init()
