@@ -10,7 +10,7 @@ import shlex
 import subprocess
 import sys
 
-from hvd_keras import placement
+from hvd_keras import launch_output, placement
 from hvd_keras.cluster import host as host_of
 from hvd_keras.cluster import SLURMEnvironment
 from hvd_keras.cluster import slurm as slurm_vars
@@ -295,7 +295,8 @@ def run(config, environ=None):
     if config.dry_run:
         print(describe(cmd, env))
         return 0
-    return subprocess.call(cmd, env=_with_venv_path({**environ, **env}))
+    return launch_output.run(cmd, _with_venv_path({**environ, **env}),
+                             launch_output.rank_hosts(processes_per_host(the_plan)))
 
 
 def _with_venv_path(env):

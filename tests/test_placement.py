@@ -208,3 +208,17 @@ def test_host_identity_tells_apart_hosts_with_one_hostname(tmp_path):
     one, other = host.identity("node", files=(str(a),)), host.identity("node", files=(str(b),))
     assert one.name == other.name == "node" and one.key != other.key
     assert host.identity("node", files=(str(a),)) == one  # the same host, the same key
+
+
+def test_the_first_failed_rank_is_named_with_its_host():
+    from hvd_keras import launch_output
+
+    hosts = launch_output.rank_hosts([("node1", 2), ("node2", 1), ("node3", 0)])
+    assert hosts == {0: "node1", 1: "node1", 2: "node2"}
+    namer = launch_output.FailureNamer(hosts)
+    lines = ["[1]<stderr>:Traceback", "RuntimeError: Horovod detected that one or more processes exited with "
+             "non-zero status, thus causing the job to be terminated. The first process to do so was:",
+             "Process name: 2", "Exit code: 137"]
+    added = [a for a in map(namer.feed, lines) if a]
+    assert added == ["hvd-keras: rank 2 on host node2 ended first (exit code 137); the launcher ended the other "
+                     "ranks. HINT: its own lines above, prefixed [2], say why."]
