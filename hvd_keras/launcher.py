@@ -68,20 +68,43 @@ RECOMMENDED_SINGLE_PROCESS_ENV = {
 }
 
 
-def recommended_env(gpus, np=None):
+def recommended_env(gpus, np=None, elastic=False):
     """The settings hvd_keras recommends for a job of `np` processes.
 
     Args:
         gpus: True on GPUs, False on CPUs, None where that is unknown (then
             only the settings common to both).
         np: the number of processes, None if unknown; 1 changes the cycle time.
+        elastic: an elastic job (its processes start Horovod again after a
+            reset): without `HOROVOD_FUSION_THRESHOLD` (see `ELASTIC_EXCLUSIVE`).
     """
     env = dict(RECOMMENDED_ENV)
     if gpus is not None:
         env.update(RECOMMENDED_GPU_ENV if gpus else RECOMMENDED_CPU_ENV)
     if np == 1:
         env.update(RECOMMENDED_SINGLE_PROCESS_ENV)
+    if elastic:
+        # 128 MiB is also Horovod's own default: nothing is lost.
+        env.pop("HOROVOD_FUSION_THRESHOLD", None)
     return env
+
+
+# Horovod 0.28.1 crashes (SIGSEGV in its parameter manager) when it starts
+# again after a shutdown, as an elastic reset does, if both of these were
+# set at its first start: each removes its parameter from the autotuner's
+# vectors for good, and the next start writes the default into the emptied
+# vector (horovod/common/parameter_manager.cc, BayesianParameter::SetValue).
+ELASTIC_EXCLUSIVE = ("HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME")
+
+
+def check_elastic_env(environ):
+    """Raises when `environ` sets both of `ELASTIC_EXCLUSIVE`, which crash an elastic job at its first reset."""
+    if all(environ.get(name) for name in ELASTIC_EXCLUSIVE):
+        raise LaunchError(
+            f"an elastic job cannot set both {' and '.join(ELASTIC_EXCLUSIVE)}: horovod 0.28.1 crashes "
+            f"(segmentation fault) when a reset starts it again. Received: "
+            + ", ".join(f"{n}={environ[n]}" for n in ELASTIC_EXCLUSIVE)
+            + ". HINT: unset HOROVOD_FUSION_THRESHOLD (its default, 128 MiB, is what hvd_keras would set).")
 
 
 class LaunchError(ValueError):
@@ -101,6 +124,15 @@ class LaunchConfig:
     gpus: bool = False
     dry_run: bool = False
     module: str = None         # run `python -m module` instead of a script
+    # Elastic mode (horovodrun --min-np/--max-np/--host-discovery-script; Gloo only).
+    elastic: bool = False
+    min_np: int = None
+    max_np: int = None
+    discovery_script: str = None
+    slots_per_host: int = None
+    cooldown_range: tuple = None   # (low, high) seconds a failed host stays blacklisted
+    reset_limit: int = None
+    elastic_timeout: int = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +277,7 @@ def launch_env(config, environ=None, np=None):
     gpus = True if config.gpus else placement.visible_gpu_count(environ)
     # None: cannot tell from here (no nvidia-smi; remote hosts), so each
     # rank's init() sets the device-specific ones.
-    wanted = recommended_env(None if gpus is None else bool(gpus), np)
+    wanted = recommended_env(None if gpus is None else bool(gpus), np, elastic=config.elastic)
     return {k: v for k, v in wanted.items() if k not in environ and k not in RANK_DECIDES}
 
 
@@ -283,9 +315,90 @@ def describe(cmd, env):
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())), shlex.join(cmd)])
 
 
+def check_elastic(config):
+    """Checks an elastic launch; returns (np, min_np, max_np). Raises LaunchError with the fix."""
+    if config.controller == "mpi":
+        raise LaunchError("--elastic runs on Gloo only (horovodrun ignores --mpi in elastic mode and runs Gloo). "
+                          "HINT: drop --mpi.")
+    if not config.discovery_script:
+        raise LaunchError("--elastic needs --discovery-script: an executable that prints the available hosts, one "
+                          "`host:slots` per line, which horovodrun runs every second. HINT: --discovery-script "
+                          "./hosts.sh (see the README's \"Elastic training\").")
+    script = config.discovery_script.split()[0]
+    if not (os.path.isfile(script) and os.access(script, os.X_OK)):
+        raise LaunchError(f"--discovery-script {config.discovery_script!r} is not an executable file. HINT: chmod +x "
+                          f"{script}, and give its path.")
+    if config.hosts or config.hostfile:
+        raise LaunchError("--elastic takes its hosts from --discovery-script, not -H or --hostfile. HINT: drop "
+                          "-H/--hostfile and print those hosts from the discovery script.")
+    low = config.min_np if config.min_np is not None else config.np
+    if low is None or low < 1:
+        raise LaunchError(f"--elastic needs --min-np >= 1 (or -np). Received: --min-np {config.min_np} -np "
+                          f"{config.np}. HINT: --min-np 1 keeps training down to one process.")
+    high = config.max_np
+    if high is not None and high < low:
+        raise LaunchError(f"--max-np must be >= --min-np. Received: --min-np {low} --max-np {high}. HINT: raise "
+                          "--max-np or lower --min-np.")
+    np_ = config.np if config.np is not None else low
+    if np_ < low or (high is not None and np_ > high):
+        raise LaunchError(f"-np must lie between --min-np and --max-np. Received: -np {np_}, --min-np {low}, "
+                          f"--max-np {high}. HINT: -np is the number of processes to start with.")
+    if config.cooldown_range is not None:
+        a, b = config.cooldown_range
+        if not 1 <= a <= b:
+            raise LaunchError(f"--blacklist-cooldown-range needs 1 <= low <= high seconds. Received: {a} {b}. "
+                              "HINT: --blacklist-cooldown-range 10 300.")
+    return np_, low, high
+
+
+def build_elastic_command(config, python=None):
+    """The horovodrun argv of an elastic launch (checked by `check_elastic`)."""
+    np_, low, high = check_elastic(config)
+    cmd = ["horovodrun", "-np", str(np_), "--min-np", str(low)]
+    if high is not None:
+        cmd += ["--max-np", str(high)]
+    cmd += ["--host-discovery-script", config.discovery_script]
+    if config.slots_per_host is not None:
+        cmd += ["--slots-per-host", str(config.slots_per_host)]
+    if config.cooldown_range is not None:
+        cmd += ["--blacklist-cooldown-range", *(str(v) for v in config.cooldown_range)]
+    if config.reset_limit is not None:
+        cmd += ["--reset-limit", str(config.reset_limit)]
+    if config.elastic_timeout is not None:
+        cmd += ["--elastic-timeout", str(config.elastic_timeout)]
+    if config.network_interface:
+        # Without it horovodrun waits for two hosts to probe their common interfaces.
+        cmd += ["--network-interface", config.network_interface]
+    program = ["-m", config.module] if config.module else [config.script]
+    cmd += [python or sys.executable, *program, *config.script_args]
+    return cmd
+
+
+def elastic_env(config, environ=None):
+    """What an elastic launch adds to the environment: the recommended settings and the sizes the job may take.
+
+    `hvd_keras.elastic.fit` checks before the first step that its global
+    batch splits over every size from --min-np to --max-np.
+    """
+    np_, low, high = check_elastic(config)
+    environ = os.environ if environ is None else environ
+    check_elastic_env(environ)
+    env = launch_env(config, environ, None)
+    env["HVD_KERAS_ELASTIC_MIN_NP"] = str(low)
+    if high is not None:
+        env["HVD_KERAS_ELASTIC_MAX_NP"] = str(high)
+    return env
+
+
 def run(config, environ=None):
     """Plans, checks and runs (or prints, with dry_run) the launch; returns the exit code."""
     environ = dict(os.environ if environ is None else environ)
+    if config.elastic:
+        cmd, env = build_elastic_command(config), elastic_env(config, environ)
+        if config.dry_run:
+            print(describe(cmd, env))
+            return 0
+        return subprocess.call(cmd, env=_with_venv_path({**environ, **env}))
     the_plan = plan(config, environ)
     check_build(config)
     if config.gpus:

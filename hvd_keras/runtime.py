@@ -5,7 +5,7 @@ import sys
 
 from hvd_keras import placement, scheduling, watchdog
 from hvd_keras.cluster import host, job_size
-from hvd_keras.launcher import recommended_env
+from hvd_keras.launcher import check_elastic_env, recommended_env
 from hvd_keras._horovod import hvd, tf
 
 _state = {}
@@ -67,7 +67,10 @@ def init(comm=None, step_timeout=None):
     mpi_started_without_yield = _MPI_YIELD not in os.environ and _open_mpi_running()
     gpus = bool(tf.config.list_physical_devices("GPU"))
     check_horovod_build(gpus, nccl=bool(hvd.nccl_built()), mpi=hvd.mpi_built(), gloo=hvd.gloo_built())
-    apply_recommended_env(os.environ, gpus=gpus, np=job_size() if comm is None else _comm_size(comm))
+    elastic = os.environ.get("HOROVOD_ELASTIC") == "1"  # horovodrun's elastic mode: Horovod restarts at resets
+    apply_recommended_env(os.environ, gpus=gpus, np=job_size() if comm is None else _comm_size(comm), elastic=elastic)
+    if elastic:
+        check_elastic_env(os.environ)
     threads_policy = scheduling.policy()  # a bad value fails here, before Horovod starts
     if step_timeout is None:
         watchdog.step_timeout()  # so does a bad HVD_KERAS_STEP_TIMEOUT
@@ -127,9 +130,9 @@ def _comm_size(comm):
         return None
 
 
-def apply_recommended_env(environ, gpus, np=None):
-    """Sets each of `launcher.recommended_env(gpus, np)` in `environ` that is not set there yet."""
-    for key, value in recommended_env(gpus, np).items():
+def apply_recommended_env(environ, gpus, np=None, elastic=False):
+    """Sets each of `launcher.recommended_env(gpus, np, elastic)` in `environ` that is not set there yet."""
+    for key, value in recommended_env(gpus, np, elastic).items():
         environ.setdefault(key, value)
 
 
