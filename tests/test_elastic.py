@@ -198,3 +198,59 @@ def test_scale_up_two_to_three_then_down_to_one(tmp_path):
     sizes = [size for *_, steps, size in final["ledger"].tolist() for _ in range(steps)]
     assert sizes[0] == 2 and 3 in sizes and sizes[-1] == 1
     assert [r["size"] for r in recoveries(final)] == [3, 1]
+
+
+def test_kill_a_worker_and_its_host_comes_back_after_the_cooldown(tmp_path):
+    # batch_mode="per_rank": each rank keeps 3 samples per step, the global
+    # batch and the learning rate follow the size (momentum rescaled with it).
+    out = str(tmp_path)
+    job = ElasticJob(out, ["localhost:1", "127.0.0.1:1"], np_=2, min_np=1, max_np=2,
+                     args=["--epochs", "3", "--mode", "per_rank", "--batch", "3"], cooldown=(1, 3))
+    try:
+        job.wait_for("10 committed steps on 2 ranks", lambda e, step, size: step >= 10 and size == 2)
+        victim = job.pid_of(1)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        job.wait_for("training on 1 rank", lambda e, step, size: size == 1, timeout=90)
+        job.wait_for("the host back after its cooldown", lambda e, step, size: size == 2, timeout=150)
+        returncode, output = job.finish()
+    finally:
+        job.stop()
+    final = check_job(out, returncode, output, epochs=3, mode="per_rank")
+    sizes = [size for *_, steps, size in final["ledger"].tolist() for _ in range(steps)]
+    assert sizes[0] == 2 and 1 in sizes and sizes[-1] == 2
+    failure, back = recoveries(final)
+    assert failure["reason"] == "a failed collective" and failure["size"] == 1
+    assert back["reason"] == "a change of hosts" and back["size"] == 2
+    # From the kill to the first step trained without the victim.
+    recovery = failure["time"] - killed_at
+    print(f"recovery after kill -9 of rank 1: {recovery:.1f} s (reset to first step {failure['seconds']:.1f} s); "
+          f"host back: {back['seconds']:.1f} s")
+    assert 0 < recovery < 60 and back["seconds"] < 60
+    # The rate followed the size: 0.05 per process, times 2 ranks at the end.
+    assert abs(float(final["learning_rate"]) - 0.1) < 1e-6
+
+
+def test_rank_zero_killed_inside_a_commit(tmp_path):
+    # Rank 0 SIGKILLs itself inside the commit of step 20, before the
+    # commit's allreduce: the survivor fails in that allreduce, rolls back to
+    # the commit of step 15, becomes rank 0 and trains on alone.
+    out = str(tmp_path)
+    job = ElasticJob(out, ["localhost:1", "127.0.0.1:1"], np_=2, min_np=1, max_np=2,
+                     args=["--epochs", "2", "--kill-in-commit", "20"])
+    try:
+        returncode, output = job.finish()
+    finally:
+        job.stop()
+    assert os.path.exists(os.path.join(out, "killed-in-commit")), output[-4000:]
+    final = check_job(out, returncode, output, epochs=2)
+    with open(os.path.join(out, "killed-in-commit")) as f:
+        killed_at = float(f.read())
+    (failure,) = recoveries(final)
+    assert failure["reason"] == "a failed collective" and failure["size"] == 1
+    assert failure["offset"] == 15 * BATCH  # rolled back to the last complete commit
+    recovery = failure["time"] - killed_at
+    print(f"recovery after rank 0 died inside a commit: {recovery:.1f} s")
+    assert 0 < recovery < 60
+    ledger = final["ledger"].tolist()
+    assert ledger[0] == [0, 0, BATCH, 15, 2] and ledger[1][4] == 1  # steps 16 to 20 trained again, on one rank
