@@ -75,6 +75,12 @@ def _trainer_source():
     return _base_trainer_class()
 
 
+def _horovod_state_init():
+    from horovod.common.elastic import State
+
+    return State.__init__
+
+
 # Every private Keras, TensorFlow and Horovod use of hvd_keras: (what, a probe
 # that creates nothing, why). `check()` runs them all at import. Instance
 # attributes of optimizers are checked on the first optimizer hvd_keras
@@ -117,6 +123,13 @@ _PRIVATE_USES = [
      "exact metrics whatever names a custom train_step gives its logs"),
     ("LossScaleOptimizer.apply", _has(LossScaleOptimizer, "apply"),
      "a LossScaleOptimizer around a distributed one is put in the order that agrees across ranks"),
+    ("TensorFlowTrainer.fit", _has(_trainer_class, "fit"),
+     "hvd_keras.elastic runs Keras's fit past hvd_keras.auto's patch of keras.Model.fit"),
+    ("horovod.common.elastic.run_fn", _importable("horovod.common.elastic", "run_fn"),
+     "hvd_keras.elastic runs Horovod's elastic loop with its own error mapping"),
+    ("horovod.common.elastic.State's _host_messages and _last_updated_timestamp",
+     _source_mentions(_horovod_state_init, "self._last_updated_timestamp"),
+     "rank 0 reads horovodrun's hosts-updated notices without Horovod's broadcast at every commit"),
 ]
 _INSTANCE_ATTRIBUTES = ["_learning_rate", "iterations", "gradient_accumulation_steps"]
 
@@ -415,6 +428,23 @@ def _make_function_on_iterator(model, step_function):
     return function
 
 
+def trainer_fit(model, *args, **kwargs):
+    """Keras's `fit` as hvd_keras hooks it, past `hvd_keras.auto`'s patch of `keras.Model.fit`."""
+    return _trainer_class().fit(model, *args, **kwargs)
+
+
+def hosts_updated_messages(state):
+    """The queue into which Horovod's notification service puts (timestamp, update) for a `State`."""
+    return state._host_messages
+
+
+def last_hosts_update(state, timestamp=None):
+    """A `State`'s newest hosts-updated timestamp taken; sets it when `timestamp` is given."""
+    if timestamp is not None:
+        state._last_updated_timestamp = timestamp
+    return state._last_updated_timestamp
+
+
 def build_metrics(model, data_batch):
     """Creates the compiled metrics' variables from one batch, without running a step."""
     model._symbolic_build(data_batch=data_batch)
@@ -482,6 +512,14 @@ def is_op_determinism_enabled():
 
 
 # --- Horovod ---------------------------------------------------------------
+
+# Horovod's elastic loop, its State and the two exceptions the loop acts on
+# (horovod.common: Horovod's framework-neutral layer, whose TensorFlow
+# wrapper hvd_keras.elastic replaces).
+from horovod.common.elastic import State as ElasticState  # noqa: E402
+from horovod.common.elastic import run_fn as elastic_run_fn  # noqa: E402
+from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt  # noqa: E402,F401
+
 
 def controller_built(controller):
     """Whether horovod was built with the "gloo" or "mpi" controller."""

@@ -31,7 +31,7 @@ SAMPLES, BATCH = 240, 6
 class ElasticJob:
     """A `horovodrun` elastic job of elastic_train.py whose hosts the test changes."""
 
-    def __init__(self, out, hosts, np_, min_np, max_np, args=(), cooldown=None):
+    def __init__(self, out, hosts, np_, min_np, max_np, args=(), cooldown=None, script="elastic_train.py"):
         self.out = str(out)
         os.makedirs(self.out, exist_ok=True)
         self.hosts_file = os.path.join(self.out, "hosts")
@@ -41,7 +41,7 @@ class ElasticJob:
             f.write(f"#!/bin/sh\ncat {self.hosts_file}\n")
         os.chmod(discovery, 0o755)
         config = launcher.LaunchConfig(
-            script=os.path.join(SCRIPTS, "elastic_train.py"), script_args=("--out", self.out, *args), np=np_,
+            script=os.path.join(SCRIPTS, script), script_args=("--out", self.out, *args), np=np_,
             elastic=True, min_np=min_np, max_np=max_np, discovery_script=discovery, network_interface="lo",
             cooldown_range=cooldown)
         cmd = launcher.build_elastic_command(config, python=sys.executable)
@@ -254,3 +254,22 @@ def test_rank_zero_killed_inside_a_commit(tmp_path):
     assert 0 < recovery < 60
     ledger = final["ledger"].tolist()
     assert ledger[0] == [0, 0, BATCH, 15, 2] and ledger[1][4] == 1  # steps 16 to 20 trained again, on one rank
+
+
+def test_auto_fit_started_elastically_grows_from_one_to_two(tmp_path):
+    # A plain Keras script with `import hvd_keras.auto`: its fit becomes
+    # hvd_keras.elastic.fit (per-rank batch 3, the rate scaled with the size).
+    out = str(tmp_path)
+    job = ElasticJob(out, ["localhost:1"], np_=1, min_np=1, max_np=2, script="elastic_auto.py")
+    try:
+        job.wait_for("training on 1 rank", lambda epoch, batch, size: size == 1 and batch >= 5)
+        job.set_hosts(["localhost:1", "127.0.0.1:1"])
+        job.wait_for("training on 2 ranks", lambda epoch, batch, size: size == 2, timeout=120)
+        returncode, output = job.finish()
+    finally:
+        job.stop()
+    assert returncode == 0, output[-6000:]
+    records = [dict(np.load(os.path.join(out, f"final-{r}.npz"))) for r in range(2)]
+    assert np.array_equal(records[0]["weights"], records[1]["weights"])
+    assert json.loads(str(records[0]["epochs"])) == [0, 1, 2]
+    assert abs(float(records[0]["learning_rate"]) - 0.1) < 1e-6  # 0.05 per process, 2 ranks at the end

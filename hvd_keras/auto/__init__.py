@@ -58,6 +58,8 @@ from hvd_keras import _api  # noqa: F401  (Keras's trainer hooked, as by any use
 from hvd_keras import _compat
 from hvd_keras import data as _data
 from hvd_keras import seeds as _seeds
+from hvd_keras.elastic.fit import fit_from_auto as _elastic_fit
+from hvd_keras.elastic.fit import is_elastic as _is_elastic
 from hvd_keras._horovod import keras, tf
 from hvd_keras.callbacks import BroadcastInitialState, LearningRateWarmup
 from hvd_keras.metrics import exact_metrics
@@ -172,6 +174,11 @@ def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbac
         validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
         sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None, **kwargs):
     _distribute_attribute_optimizers(self)
+    if _is_elastic():
+        # Started by horovodrun in elastic mode: hvd_keras.elastic.fit (its data resharded at every resize).
+        return _elastic_fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
+                            shuffle, class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps,
+                            kwargs, SETTINGS.lr_scaling, SETTINGS.warmup_epochs)
     if size() > 1 and primary_optimizer(self) is None:
         raise RuntimeError(
             "hvd_keras.auto: this model's optimizer does not average gradients across ranks: it "

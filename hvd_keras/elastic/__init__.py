@@ -41,9 +41,8 @@ hvd_keras.elastic.fit(model, x, y, batch_size=96, epochs=10)
 launches it.
 """
 
-from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt
-
 from hvd_keras import _api  # noqa: F401  (Keras's trainer hooked, as by any use of the public API)
+from hvd_keras._compat import HorovodInternalError, HostsUpdatedInterrupt
 from hvd_keras.elastic import rates
 from hvd_keras.elastic.callback import ElasticCommit
 from hvd_keras.elastic.data import epoch_order, ledger_batches, plan_segment

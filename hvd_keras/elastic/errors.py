@@ -17,8 +17,7 @@ anything else is raised unchanged.
 import contextlib
 import re
 
-from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt
-
+from hvd_keras._compat import HorovodInternalError, HostsUpdatedInterrupt
 from hvd_keras._horovod import tf
 
 # Every collective op Horovod registers with TensorFlow, grouped or not.

@@ -2,15 +2,14 @@
 
 import os
 
-from horovod.common.elastic import run_fn
-from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt
-
+from hvd_keras import _compat
 from hvd_keras import data as _data
 from hvd_keras.elastic import rates
 from hvd_keras.elastic.callback import ElasticCommit
 from hvd_keras.elastic.data import epoch_order, num_samples, plan_segment, take
 from hvd_keras.elastic.errors import classify
 from hvd_keras.elastic.state import KerasState
+from hvd_keras._compat import HorovodInternalError, HostsUpdatedInterrupt
 from hvd_keras._horovod import keras
 from hvd_keras.callbacks import BroadcastInitialState, Checkpoint, LearningRateWarmup, RankAgreement
 from hvd_keras.optimizer import primary_optimizer
@@ -74,7 +73,7 @@ def run(func):
             _note(state, "a failed collective")
             raise mapped from e
 
-    return run_fn(wrapper, reset)
+    return _compat.elastic_run_fn(wrapper, reset)
 
 
 def _note(state, reason):
@@ -235,9 +234,9 @@ def _train_segment(model, state, arrays, n, batch_size, batch_mode, shuffle, val
     validation = None
     if validation_data is not None:
         validation = _data.shard(tuple(validation_data)) if size() > 1 else tuple(validation_data)
-    result = model.fit(data["x"], data.get("y"), sample_weight=data.get("sample_weight"),
-                       batch_size=segment.rank_batch, epochs=state.epoch + 1, initial_epoch=state.epoch,
-                       shuffle=False, validation_data=validation, **kwargs)
+    result = _compat.trainer_fit(model, data["x"], data.get("y"), sample_weight=data.get("sample_weight"),
+                                 batch_size=segment.rank_batch, epochs=state.epoch + 1, initial_epoch=state.epoch,
+                                 shuffle=False, validation_data=validation, **kwargs)
     for key, values in result.history.items():
         history.history.setdefault(key, []).extend(values)
     history.epoch.extend(result.epoch)
@@ -259,3 +258,35 @@ def _apply_warmups(state, callbacks):
         callback.warmup_target = saved["warmup_target"]
         callback.initial_learning_rate = saved["initial_learning_rate"]
 
+
+
+def fit_from_auto(model, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+                  class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps, kwargs,
+                  lr_scaling, warmup_epochs):
+    """`Model.fit` under `import hvd_keras.auto` in a job horovodrun started elastically.
+
+    The script's `batch_size` stays each rank's (as `hvd_keras.auto` keeps
+    it at a fixed size) and the rate, which auto's `compile` scaled to the
+    starting size, follows the size: `batch_mode="per_rank"`.
+    """
+    refused = {"steps_per_epoch": steps_per_epoch, "validation_steps": validation_steps,
+               "class_weight": class_weight, "validation_split": validation_split or None}
+    given = [f"{k}={v!r}" for k, v in refused.items() if v is not None] + [f"{k}=..." for k in kwargs]
+    if given:
+        raise ValueError(
+            "hvd_keras.auto under elastic training (horovodrun --min-np/--host-discovery-script) trains on "
+            f"arrays by epochs and reshards them after every resize. Received: {', '.join(given)}. HINT: drop "
+            "them (pass validation_data=(x_val, y_val) instead of validation_split), or launch without elastic mode.")
+    if lr_scaling != "linear":
+        raise ValueError(
+            "hvd_keras.auto under elastic training scales the learning rate with the number of ranks as they come "
+            f"and go, linearly. Received: HVD_KERAS_LR_SCALING={lr_scaling}. HINT: HVD_KERAS_LR_SCALING=linear, or "
+            "call hvd_keras.elastic.fit(..., batch_mode=\"global\") yourself to keep the rate and the global batch.")
+    callbacks = list(callbacks or [])
+    if warmup_epochs > 0:
+        n = num_samples({k: v for k, v in {"x": x, "y": y}.items() if v is not None})
+        steps = max(1, -(-n // (size() * (batch_size or 32))))
+        callbacks.insert(0, LearningRateWarmup(warmup_epochs, steps))
+    return fit(model, x, y, batch_size=batch_size or 32, epochs=epochs, batch_mode="per_rank",
+               sample_weight=sample_weight, validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+               initial_epoch=initial_epoch, shuffle=shuffle)

@@ -4,11 +4,9 @@ import copy
 import time
 
 import numpy as np
-from horovod.common.elastic import State
-from horovod.common.exceptions import HostsUpdatedInterrupt
-
 from hvd_keras import _compat, preemption, seeds
 from hvd_keras import optimizer as _optimizer
+from hvd_keras._compat import ElasticState, HostsUpdatedInterrupt
 from hvd_keras._horovod import hvd, tf
 from hvd_keras.broadcast import broadcast_variables, state_variables
 from hvd_keras.elastic.errors import collective_failures
@@ -18,7 +16,7 @@ from hvd_keras.runtime import rank, size
 PROGRESS = ("epoch", "offset", "global_step", "seed", "size", "metric_totals", "ledger", "warmups")
 
 
-class KerasState(State):
+class KerasState(ElasticState):
     """A Keras 3 model's training state for Horovod's elastic loop: committed, restored, synced.
 
     Horovod's `TensorFlowKerasState` fails on Keras 3 when it is made (it
@@ -152,11 +150,11 @@ class KerasState(State):
 
     def take_hosts_update(self):
         """Whether horovodrun announced added or removed hosts since the last call (rank 0 hears it); no collective."""
-        found = False
-        while not self._host_messages.empty():
-            timestamp, _ = self._host_messages.get()
-            if timestamp > self._last_updated_timestamp:
-                self._last_updated_timestamp = timestamp
+        found, messages = False, _compat.hosts_updated_messages(self)
+        while not messages.empty():
+            timestamp, _ = messages.get()
+            if timestamp > _compat.last_hosts_update(self):
+                _compat.last_hosts_update(self, timestamp)
                 found = True
         return found
 
