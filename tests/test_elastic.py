@@ -273,3 +273,221 @@ def test_auto_fit_started_elastically_grows_from_one_to_two(tmp_path):
     assert np.array_equal(records[0]["weights"], records[1]["weights"])
     assert json.loads(str(records[0]["epochs"])) == [0, 1, 2]
     assert abs(float(records[0]["learning_rate"]) - 0.1) < 1e-6  # 0.05 per process, 2 ranks at the end
+
+
+# --- Horovod 0.28.1's elastic layer on Keras 3: what breaks, and hvd_keras's replacement --------------------------
+
+# What a survivor's step raised when its peer was killed (horovodrun elastic, Gloo; the paths shortened).
+GROUPED_ALLREDUCE_FAILURE = (
+    "Graph execution error:\n\nDetected at node HorovodGroupedAllreduce_x_0_ones_0 defined at (most recent call "
+    "last):\n  File \"train.py\", line 13, in <module>\n\n  File \"horovod/tensorflow/mpi_ops.py\", line 176, in "
+    "_grouped_allreduce\n\nHorovod has been shut down. This was caused by an exception on one of the ranks or an "
+    "attempt to allreduce, allgather or broadcast a tensor after one of the ranks finished execution.")
+BROADCAST_FAILURE = ("{{function_node __wrapped__HorovodBroadcast_device_/job:localhost/replica:0/task:0/device:CPU:0}}"
+                     " Horovod has been shut down. [Op:HorovodBroadcast] name: int.sz")
+
+
+def _compiled_model():
+    import keras
+
+    import hvd_keras
+
+    hvd_keras.init()
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)), loss="mse")
+    return model
+
+
+def test_horovods_keras_state_fails_on_keras_3_and_keras_state_commits_and_restores():
+    import horovod.tensorflow as hvd
+
+    import hvd_keras.elastic as elastic
+
+    model = _compiled_model()
+    model.optimizer.build(model.trainable_variables)
+    with pytest.raises(TypeError, match="not callable"):  # optimizer.variables() on a Keras 3 list
+        hvd.elastic.TensorFlowKerasState(model, model.optimizer)
+    state = elastic.KerasState(model, seed=5, note="kept")
+    variables = list(model.variables) + list(model.optimizer.variables)
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 3), "float32")
+
+    def values():
+        return [np.array(v.numpy()) for v in variables]
+
+    start = values()
+    model.train_on_batch(x, y)
+    assert any(not np.array_equal(a, b) for a, b in zip(start, values()))  # weights, momentum, iteration, ...
+    state.restore()
+    assert all(np.array_equal(a, b) for a, b in zip(start, values()))
+    model.train_on_batch(x, y)
+    state.epoch, state.offset, state.note = 1, 48, "changed"
+    state.commit()
+    committed = values()
+    model.train_on_batch(x, y)
+    state.epoch, state.note = 7, "lost"
+    state.restore()
+    assert all(np.array_equal(a, b) for a, b in zip(committed, values()))
+    assert (state.epoch, state.offset, state.note, state.seed) == (1, 48, "changed", 5)
+    assert len(state.commit_seconds) == 1
+
+
+def test_horovods_error_mapping_swallows_the_grouped_allreduce_failure_and_hvd_keras_raises_it():
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    from horovod.common.elastic import ObjectState
+
+    import hvd_keras.elastic as elastic
+
+    failure = tf.errors.UnknownError(None, None, GROUPED_ALLREDUCE_FAILURE)
+    calls = []
+
+    def train(state):
+        calls.append(state)
+        raise failure
+
+    state = ObjectState(bcast_object=lambda obj: obj, get_rank=lambda: 0)
+    # Horovod's wrapper knows HorovodAllreduce/Allgather/Broadcast only: it
+    # returns None, so a survivor would leave training and exit 0.
+    assert hvd.elastic.run(train)(state) is None and len(calls) == 1
+    for message in (GROUPED_ALLREDUCE_FAILURE, BROADCAST_FAILURE, "[Op:HorovodAllgather] peer closed"):
+        error = tf.errors.UnknownError(None, None, message)
+        assert isinstance(elastic.classify(error), elastic.HorovodInternalError)
+        with pytest.raises(elastic.HorovodInternalError):
+            with elastic.collective_failures():
+                raise error
+    # Anything else is raised as it is, never swallowed: a user's own error,
+    # and a collective refused for a user error (it would fail again after a reset).
+    other = tf.errors.UnknownError(None, None, "error in a py_function")
+    mismatch = tf.errors.InvalidArgumentError(None, None, "Mismatched HorovodAllreduce tensor shapes")
+    assert elastic.classify(other) is None and elastic.classify(mismatch) is None
+    assert elastic.classify(ValueError("HorovodAllreduce")) is None
+
+    def fails(state):
+        raise other
+
+    with pytest.raises(tf.errors.UnknownError, match="py_function"):
+        elastic.run(fails)(ObjectState(bcast_object=lambda obj: obj, get_rank=lambda: 0))
+
+
+def test_keras_3_has_neither_set_value_nor_lr_and_rescale_moves_rate_and_momentum():
+    import keras
+
+    import hvd_keras.elastic as elastic
+
+    model = _compiled_model()
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    # Horovod's elastic Keras example: K.set_value(model.optimizer.lr, lr * hvd.size())
+    assert not hasattr(keras.backend, "set_value") and not hasattr(optimizer, "lr")
+    for m in optimizer.momentums:
+        m.assign(np.ones(m.shape, "float32"))
+    elastic.rates.rescale(optimizer, 3 / 2)
+    assert elastic.rates.learning_rate(optimizer) == pytest.approx(0.15)
+    assert all(np.allclose(np.array(m), 1.5) for m in optimizer.momentums)
+    scheduled = keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9))
+    with pytest.raises(ValueError, match="batch_mode=\"global\""):
+        elastic.rates.rescale(scheduled, 2)
+
+
+def test_keras_3_only_displays_the_steps_horovods_update_batch_state_callback_shortens():
+    import keras
+    from horovod.common.elastic import ObjectState
+    from horovod.tensorflow.keras.elastic import UpdateBatchStateCallback
+
+    # A run resumed after 3 of 5 batches: Horovod shortens params["steps"] to 2.
+    state = ObjectState(bcast_object=lambda obj: obj, get_rank=lambda: 0, batch=3, epoch=0)
+
+    class Count(keras.callbacks.Callback):
+        batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.batches += 1
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    callback = UpdateBatchStateCallback(state)
+    model.fit(np.ones((10, 4)), np.ones((10, 1)), batch_size=2, epochs=1, verbose=0, callbacks=[callback, Count()])
+    assert callback.steps_per_epoch == 5 and Count.batches == 5  # every batch ran again
+    # hvd_keras.elastic reshards the rest of the epoch instead: exactly the samples not yet trained.
+    from hvd_keras.elastic import epoch_order, plan_segment
+
+    segment = plan_segment(epoch_order(10, 0, 0), epoch=0, start=6, global_batch=2, size=1, rank=0)
+    assert len(segment.steps) == 2 and sorted(segment.ids) == sorted(epoch_order(10, 0, 0)[6:])
+
+
+def test_elastic_mode_is_gloo_only_and_mpi_is_refused_in_one_line(tmp_path):
+    script = tmp_path / "hosts.sh"
+    script.write_text("#!/bin/sh\necho localhost:2\n")
+    script.chmod(0o755)
+    config = launcher.LaunchConfig(script="train.py", elastic=True, min_np=1, max_np=4, discovery_script=str(script),
+                                   network_interface="lo", cooldown_range=(10, 300))
+    cmd = launcher.build_elastic_command(config, python="python")
+    assert cmd == ["horovodrun", "-np", "1", "--min-np", "1", "--max-np", "4", "--host-discovery-script",
+                   str(script), "--blacklist-cooldown-range", "10", "300", "--network-interface", "lo", "python",
+                   "train.py"]
+    env = launcher.elastic_env(config, {})
+    assert env["HVD_KERAS_ELASTIC_MAX_NP"] == "4" and "HOROVOD_FUSION_THRESHOLD" not in env
+    import dataclasses
+
+    for change, expected in [({"controller": "mpi"}, "Gloo only"), ({"discovery_script": None}, "--discovery-script"),
+                             ({"max_np": 0}, "--max-np must be >= --min-np"), ({"np": 8}, "-np must lie between")]:
+        with pytest.raises(launcher.LaunchError, match=expected) as e:
+            launcher.build_elastic_command(dataclasses.replace(config, **change))
+        assert "\n" not in str(e.value) and "HINT:" in str(e.value)
+
+
+def test_horovod_skips_the_sync_after_a_removal_and_hvd_keras_always_syncs():
+    from horovod.common.elastic import ObjectState
+    from horovod.runner.elastic.worker import HostUpdateResult
+
+    import hvd_keras.elastic as elastic
+
+    state = ObjectState(bcast_object=lambda obj: obj, get_rank=lambda: 0)
+    state.on_hosts_updated(time.time() + 1, HostUpdateResult.removed)
+    with pytest.raises(elastic.HostsUpdatedInterrupt) as e:
+        state.commit()
+    assert e.value.skip_sync is True  # horovod#3494: the deadlock after a removal
+    assert elastic.KerasState.interrupt().skip_sync is False
+
+
+def test_horovod_crashes_at_a_restart_with_fusion_threshold_and_cycle_time_both_set():
+    # Started again under `horovodrun -np 1 --gloo`, as every rank of an elastic job is at a reset.
+    common = {"HOROVOD_CYCLE_TIME": "0.2"}
+    runs = {}
+    for name, extra in {"both": {"HOROVOD_FUSION_THRESHOLD": "134217728"}, "hvd_keras": {}}.items():
+        env = worker_env(**common, **extra)
+        cmd = [os.path.join(BIN, "horovodrun"), "-np", "1", "--gloo", sys.executable,
+               os.path.join(SCRIPTS, "elastic_reinit.py")]
+        runs[name] = subprocess.run(cmd, env=env, cwd=SCRIPTS, capture_output=True, text=True, timeout=120)
+    assert runs["both"].returncode != 0 and "Exit code: 139" in runs["both"].stdout + runs["both"].stderr
+    assert runs["hvd_keras"].returncode == 0 and "RESTARTED size 1" in runs["hvd_keras"].stdout
+    # hvd_keras sets only the cycle time in an elastic job, and refuses both when the user sets them.
+    assert "HOROVOD_FUSION_THRESHOLD" not in launcher.recommended_env(gpus=False, elastic=True)
+    assert "HOROVOD_CYCLE_TIME" in launcher.recommended_env(gpus=False, elastic=True)
+    with pytest.raises(launcher.LaunchError, match="segmentation fault"):
+        launcher.check_elastic_env({"HOROVOD_FUSION_THRESHOLD": "1", "HOROVOD_CYCLE_TIME": "1"})
+
+
+def test_each_epoch_is_one_order_cut_into_global_batches_for_the_current_size():
+    from hvd_keras.elastic import epoch_order, ledger_batches, plan_segment
+
+    order = epoch_order(100, seed=4, epoch=2)
+    assert np.array_equal(order, epoch_order(100, seed=4, epoch=2)) and sorted(order) == list(range(100))
+    assert not np.array_equal(order, epoch_order(100, seed=4, epoch=3))
+    # 3 ranks from sample 10: 15 global batches of 6, nothing left over.
+    segments = [plan_segment(order, 2, 10, 6, 3, r) for r in range(3)]
+    assert [s.batch for s in segments[0].steps] == [6] * 15
+    assert sorted(np.concatenate([s.ids for s in segments])) == sorted(order[10:])
+    # 4 ranks, global batch 8: from sample 0, 12 batches of 8 and a last one of 4 (one sample per rank).
+    segment = plan_segment(order, 2, 0, 8, 4, 1)
+    assert [s.batch for s in segment.steps] == [8] * 12 + [4] and segment.offset_after(13) == 100
+    assert len(segment.ids) == 12 * 2 + 1
+    # From sample 3: 12 batches of 8, and the last sample left out (fewer than the 4 ranks).
+    segment = plan_segment(order, 2, 3, 8, 4, 1)
+    assert [s.batch for s in segment.steps] == [8] * 12 and segment.offset_after(12) == 99
+    with pytest.raises(ValueError, match="split evenly over the ranks"):
+        plan_segment(order, 2, 0, 6, 4, 0)
+    ledger = [[2, 0, 6, 2, 2], [2, 12, 8, 1, 4]]
+    assert [ids.tolist() for _, ids in ledger_batches(ledger, 100, 4)] == [
+        order[0:6].tolist(), order[6:12].tolist(), order[12:20].tolist()]
