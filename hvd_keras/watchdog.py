@@ -42,6 +42,7 @@ larger `HVD_KERAS_STEP_TIMEOUT`.
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -185,7 +186,7 @@ def end_process(line, exit_code=STALLED_EXIT_CODE):
         sys.stderr.flush()
     finally:
         _tell_launcher()
-        _end_openmpi_daemon()
+        _end_openmpi_daemon_later()
         os._exit(exit_code)
 
 
@@ -202,10 +203,12 @@ def _tell_launcher(environ=None):
             pass
 
 
-def _end_openmpi_daemon():
+def _end_openmpi_daemon_later(delay=5.0):
     # A rank on a host other than mpirun's is a child of OpenMPI's daemon
-    # there. With mpirun unreachable the daemon would wait for TCP to give up
-    # (about 15 minutes); ended, it ends the other ranks of this host too.
+    # there. Where mpirun is reachable the daemon forwards this rank's last
+    # line and its exit, and mpirun ends the job (and the daemon). Behind a
+    # cut link it would wait for TCP to give up (about 15 minutes): a
+    # detached shell ends it a few seconds after this rank, if it is still there.
     parent = os.getppid()
     try:
         with open(f"/proc/{parent}/comm") as f:
@@ -214,7 +217,9 @@ def _end_openmpi_daemon():
         return
     if name in _OPENMPI_DAEMONS and "OMPI_COMM_WORLD_RANK" in os.environ:
         try:
-            os.kill(parent, signal.SIGTERM)
+            subprocess.Popen(["/bin/sh", "-c", f"sleep {delay:g}; kill -TERM {parent} 2>/dev/null"],
+                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
         except OSError:
             pass
 

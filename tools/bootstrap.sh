@@ -51,7 +51,8 @@ fi
 # openmpi: MPI controller and mpirun; cmake, g++, make: horovod's build
 # (hvd-keras build-horovod needs no other system package).
 APT_PKGS="openmpi-bin libopenmpi-dev cmake g++ make"
-[ "$WITH_SLURM" = 1 ] && APT_PKGS="$APT_PKGS slurm-wlm munge"
+# The tests' Slurm, and their hosts: network namespaces (iproute2) with sshd.
+[ "$WITH_SLURM" = 1 ] && APT_PKGS="$APT_PKGS slurm-wlm munge iproute2 openssh-server openssh-client"
 missing=""
 for p in $APT_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -21,6 +21,7 @@ rank = hvd_keras.rank()
 work = os.path.abspath(_common.arg("work"))
 epochs = int(_common.arg("epochs", "4"))
 do_resume = _common.arg("resume", "no") == "yes"
+ckpt = _common.arg("ckpt", f"{work}/ckpt")  # shared by default; a host's own /tmp in the multi-host test
 os.makedirs(f"{work}/rank{rank}", exist_ok=True)
 os.chdir(f"{work}/rank{rank}")
 
@@ -31,10 +32,10 @@ model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(8, "tan
 model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.Adam(0.01)),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 hvd_keras.exact_metrics(model)
-initial_epoch = hvd_keras.resume(model, f"{work}/ckpt") if do_resume else 0
+initial_epoch = hvd_keras.resume(model, ckpt) if do_resume else 0
 callbacks = [
     hvd_keras.callbacks.BroadcastInitialState(),
-    hvd_keras.callbacks.Checkpoint(f"{work}/ckpt", keep_last=2, monitor="val_loss"),
+    hvd_keras.callbacks.Checkpoint(ckpt, keep_last=2, monitor="val_loss"),
     keras.callbacks.CSVLogger("log.csv"),
     keras.callbacks.ModelCheckpoint("best.keras"),
 ]
