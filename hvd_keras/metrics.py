@@ -5,7 +5,7 @@ import types
 
 import numpy as np
 
-from hvd_keras import _compat
+from hvd_keras import _compat, watchdog
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.runtime import size
 
@@ -38,8 +38,9 @@ def global_metric_states(metrics):
     for aggregation in sorted(groups):
         variables = groups[aggregation]
         local = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
-        reduced = hvd.grouped_allreduce(local, op=_OPS[aggregation],
-                                        name=f"hvd_keras.metrics.{aggregation}")
+        with watchdog.timed(f"hvd_keras.metrics.{aggregation}"):
+            reduced = hvd.grouped_allreduce(local, op=_OPS[aggregation],
+                                            name=f"hvd_keras.metrics.{aggregation}")
         for v, value in zip(variables, reduced):
             v.assign(value)
         saved.append((variables, local))
@@ -135,7 +136,8 @@ def _exact_logs(model, logs):
         exact = {k: _numpy(m.result()) for k, m in named.items()}
     if others and size() > 1:
         values = [tf.cast(tf.convert_to_tensor(logs[k]), tf.float64) for k in others]
-        averaged = hvd.grouped_allreduce(values, op=hvd.Average, name="hvd_keras.metrics.logs")
+        with watchdog.timed("hvd_keras.metrics.logs"):
+            averaged = hvd.grouped_allreduce(values, op=hvd.Average, name="hvd_keras.metrics.logs")
         exact.update({k: v.numpy() for k, v in zip(others, averaged)})
     return {k: exact.get(k, logs[k]) for k in logs}
 

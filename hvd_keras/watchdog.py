@@ -39,6 +39,7 @@ deadline (a large `ModelCheckpoint(save_freq=N)` on rank 0 only) needs a
 larger `HVD_KERAS_STEP_TIMEOUT`.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -168,7 +169,8 @@ class Watchdog:
 
     def _fire(self, waited, deadline, step):
         host, rank = self.describe()
-        line = (f"hvd_keras: rank {rank} on host {host}: train step {step} has not completed after {waited:.0f} s "
+        what = f"train step {step}" if isinstance(step, int) else f"collective {step}"
+        line = (f"hvd_keras: rank {rank} on host {host}: {what} has not completed after {waited:.0f} s "
                 f"(deadline {deadline:.0f} s): a collective waits for a rank or host that does not answer (a host "
                 f"or link down, or a rank hung); ending this rank with exit code {STALLED_EXIT_CODE}. HINT: look "
                 f"for the host that is down or unreachable; if a rank legitimately works alone for longer inside "
@@ -251,6 +253,26 @@ def _checked(timeout):
                          f"step_timeout={timeout!r}. HINT: pass step_timeout=120, or leave it None for "
                          f"{VARIABLE} or the default.")
     return float(timeout)
+
+
+@contextlib.contextmanager
+def timed(label):
+    """Times one of hvd_keras's own eager collectives (`label`) against this rank's deadline, like a step.
+
+    Used where every rank arrives together (RankAgreement's epoch-end vote,
+    exact metrics at an epoch's end), not after work that one rank does alone.
+    """
+    watchdog = _state.get("watchdog")
+    if watchdog is None:
+        yield
+        return
+    watchdog.current = (time.monotonic(), 0.0, label)
+    if watchdog._thread is None:
+        watchdog._start()
+    try:
+        yield
+    finally:
+        watchdog.current = None
 
 
 def guard(function):

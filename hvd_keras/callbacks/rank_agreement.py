@@ -1,6 +1,6 @@
 """RankAgreement callback."""
 
-from hvd_keras import preemption
+from hvd_keras import preemption, watchdog
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.optimizer import enable_step_option, primary_optimizer
 from hvd_keras.runtime import is_chief, size
@@ -42,7 +42,8 @@ class RankAgreement(keras.callbacks.Callback):
         if not self._active:
             return
         steps = self.params.get("steps") if self.params else None
-        everyone = hvd.allgather_object(steps, name="hvd_keras.steps_per_epoch")
+        with watchdog.timed("hvd_keras.steps_per_epoch"):
+            everyone = hvd.allgather_object(steps, name="hvd_keras.steps_per_epoch")
         if len(set(everyone)) > 1:
             counts = ", ".join(f"rank {r}: {s}" for r, s in enumerate(everyone))
             raise ValueError(
@@ -77,7 +78,8 @@ class RankAgreement(keras.callbacks.Callback):
         if preempt:
             return
         wants = self.model.stop_training or preemption.requests.local[preemption.StopRequests.STOP] or stop
-        votes = hvd.allreduce(tf.constant(1.0 if wants else 0.0), op=hvd.Sum, name="hvd_keras.stop_training")
+        with watchdog.timed("hvd_keras.stop_training"):
+            votes = hvd.allreduce(tf.constant(1.0 if wants else 0.0), op=hvd.Sum, name="hvd_keras.stop_training")
         self.model.stop_training = float(votes) > 0
 
 
