@@ -33,12 +33,15 @@ class Placement:
     count: int           # GPUs this process sees
     visible: str = None  # its CUDA_VISIBLE_DEVICES, None when unset
     index: int = None    # index into its visible GPUs, None on CPU
+    uuid: str = None     # the physical GPU taken (nvidia-smi's UUID), None where it cannot be told
 
     @property
     def device(self):
         """A name for the physical GPU taken, comparable between processes of one host."""
         if self.index is None:
             return None
+        if self.uuid is not None:
+            return self.uuid
         if self.visible is None:
             return str(self.index)
         return _visible_list(self.visible)[self.index]
@@ -48,16 +51,43 @@ def _visible_list(visible):
     return [v.strip() for v in visible.split(",") if v.strip()]
 
 
-def choose(host, rank, local_rank, local_size, count, visible=None):
-    """This process's placement: which of its visible GPUs it takes (index), if any."""
+def choose(host, rank, local_rank, local_size, count, visible=None, listing=None):
+    """This process's placement: which of its visible GPUs it takes (index), if any.
+
+    Args:
+        listing: `nvidia-smi --query-gpu=index,uuid --format=csv,noheader`
+            as this process sees it, to name the physical GPU taken.
+    """
     if count == 0:
         index = None
     elif count >= local_size:
         index = local_rank
     else:
         index = 0
+    uuid = None if index is None else physical_gpu(visible, index, listing)
     return Placement(host=host, rank=rank, local_rank=local_rank, local_size=local_size,
-                     count=count, visible=visible, index=index)
+                     count=count, visible=visible, index=index, uuid=uuid)
+
+
+def physical_gpu(visible, index, listing):
+    """The UUID of the GPU at `index` of those this process sees, or None where it cannot be told.
+
+    `CUDA_VISIBLE_DEVICES` may name GPUs by UUID (taken as given) or by
+    index. Sites that confine each task to its own GPU (Slurm's cgroups)
+    give every task `CUDA_VISIBLE_DEVICES=0`, and there nvidia-smi lists
+    that one GPU only: the index is a position in what nvidia-smi lists.
+    Otherwise the index is nvidia-smi's own (PCI order, CUDA's order on
+    nodes of one GPU model).
+    """
+    entries = None if visible is None else _visible_list(visible)
+    if entries is not None and entries[index].startswith(("GPU-", "MIG-")):
+        return entries[index]
+    rows = [[field.strip() for field in line.split(",")] for line in (listing or "").splitlines() if "," in line]
+    if not rows:
+        return None
+    if entries is None or len(rows) == len(entries):
+        return rows[index][1] if index < len(rows) else None
+    return next((uuid for number, uuid, *_ in rows if number == entries[index]), None)
 
 
 def check_distinct(placements):
@@ -73,7 +103,8 @@ def check_distinct(placements):
         if p.device is not None:
             by_host.setdefault(p.host, []).append(p)
     for host, group in sorted(by_host.items()):
-        forms = {p.visible is None for p in group}
+        # Physical GPUs (UUIDs) compare everywhere; names in different forms do not.
+        forms = {"uuid"} if all(p.uuid for p in group) else {p.visible is None for p in group}
         if len(forms) > 1:
             continue
         seen = {}
@@ -103,6 +134,21 @@ def visible_gpu_count(environ=None, list_gpus=None):
     if listing is None:
         return None
     return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+def nvidia_smi_uuids():
+    """nvidia-smi's `index, uuid` lines as this process sees them, or None without nvidia-smi."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
 
 
 def _nvidia_smi_list():

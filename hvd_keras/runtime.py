@@ -4,7 +4,7 @@ import os
 import sys
 
 from hvd_keras import placement, scheduling, watchdog
-from hvd_keras.cluster import host, job_size
+from hvd_keras.cluster import host, job_size, launcher_ranks
 from hvd_keras.launcher import check_elastic_env, recommended_env
 from hvd_keras._horovod import hvd, tf
 
@@ -76,6 +76,11 @@ def init(comm=None, step_timeout=None):
         watchdog.step_timeout()  # so does a bad HVD_KERAS_STEP_TIMEOUT
     else:
         watchdog._checked(step_timeout)
+    # The GPU is pinned before Horovod starts where the launcher says which
+    # local rank this is, so that Horovod and NCCL never touch another GPU.
+    early = launcher_ranks() if gpus and not hvd.is_initialized() and comm is None else None
+    if early is not None:
+        _state["placement"] = pin_gpu(tf.config, host.identity(), *early)
     if not hvd.is_initialized():
         before = scheduling.threads()
         hvd.init() if comm is None else hvd.init(comm=comm)
@@ -91,7 +96,14 @@ def init(comm=None, step_timeout=None):
     if hvd.size() > 1:
         watchdog.install(hvd.rank(), "gloo" if hvd.gloo_enabled() else "mpi", timeout=step_timeout)
     # Grouped by host identity, not hostname: two hosts may share a name.
-    _state["placement"] = pin_gpu(tf.config, host.identity(), hvd.rank(), hvd.local_rank(), hvd.local_size())
+    if early is None:
+        _state["placement"] = pin_gpu(tf.config, host.identity(), hvd.rank(), hvd.local_rank(), hvd.local_size())
+    elif early != (hvd.rank(), hvd.local_rank(), hvd.local_size()):
+        raise RuntimeError(
+            f"hvd_keras.init(): the launcher's variables say rank {early[0]}, local rank {early[1]} of "
+            f"{early[2]}, but Horovod says rank {hvd.rank()}, local rank {hvd.local_rank()} of {hvd.local_size()}, "
+            "so this process may have taken another's GPU. HINT: launch with one launcher (horovodrun, mpirun "
+            "or srun), not one inside another, or unset the other launcher's variables.")
 
 
 _MPI_YIELD = "OMPI_MCA_mpi_yield_when_idle"
@@ -142,16 +154,19 @@ def this_placement():
     return _state["placement"]
 
 
-def pin_gpu(config, host, rank, local_rank, local_size, environ=None):
+def pin_gpu(config, host, rank, local_rank, local_size, environ=None, listing=None):
     """Makes one GPU visible to this process (see `init`); returns its `Placement`.
 
     Args:
         config: `tf.config` (a stand-in in unit tests).
+        listing: nvidia-smi's `index, uuid` lines (default: asked when there are GPUs).
     """
     environ = os.environ if environ is None else environ
     gpus = config.list_physical_devices("GPU")
+    if gpus and listing is None:
+        listing = placement.nvidia_smi_uuids()
     mine = placement.choose(host, rank, local_rank, local_size, len(gpus),
-                            environ.get("CUDA_VISIBLE_DEVICES"))
+                            environ.get("CUDA_VISIBLE_DEVICES"), listing)
     if mine.index is None:
         return mine
     gpu = gpus[mine.index]

@@ -23,6 +23,9 @@ def test_ranks_of_a_launch_get_the_short_cycle_and_idle_horovod_threads(tmp_path
     ranks = load_ranks(str(tmp_path), 2)
     assert [int(r["size"]) for r in ranks] == [2, 2]
     assert [str(r["cycle"]) for r in ranks] == ["0.2", "0.2"]
+    # The local rank a GPU is pinned with before Horovod starts is Horovod's own.
+    assert [str(r["launcher_ranks"]) for r in ranks] == [str(r["horovod_ranks"]) for r in ranks] == [
+        "(0, 0, 2)", "(1, 1, 2)"]
     for r in ranks:
         # Horovod's threads (its background thread, Gloo's loop or MPI's) are
         # SCHED_IDLE; the rank's own (main, TensorFlow's pools) are not.

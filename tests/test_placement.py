@@ -222,3 +222,49 @@ def test_the_first_failed_rank_is_named_with_its_host():
     added = [a for a in map(namer.feed, lines) if a]
     assert added == ["hvd-keras: rank 2 on host node2 ended first (exit code 137); the launcher ended the other "
                      "ranks. HINT: its own lines above, prefixed [2], say why."]
+
+
+SMI = "0, GPU-aaaa\n1, GPU-bbbb\n2, GPU-cccc\n3, GPU-dddd\n"
+
+
+def test_tasks_each_confined_to_their_own_gpu_as_0_are_told_apart_by_uuid():
+    # Slurm's cgroups: each task sees one GPU, CUDA_VISIBLE_DEVICES=0, and nvidia-smi lists that GPU only.
+    # Compared by the variable's string, they "would share GPU 0".
+    ranks = [placement.choose("node1", r, r, 4, 1, "0", f"0, GPU-{r}{r}{r}\n") for r in range(4)]
+    assert [p.device for p in ranks] == ["GPU-000", "GPU-111", "GPU-222", "GPU-333"]
+    placement.check_distinct(ranks)
+
+
+def test_two_tasks_on_one_physical_gpu_are_still_an_error():
+    ranks = [placement.choose("node1", r, r, 2, 1, "2", SMI) for r in range(2)]  # both given GPU 2 of 4
+    assert [p.device for p in ranks] == ["GPU-cccc", "GPU-cccc"]
+    with pytest.raises(placement.PlacementError, match="ranks 0 and 1 on host node1 would share GPU GPU-cccc"):
+        placement.check_distinct(ranks)
+
+
+@pytest.mark.parametrize("visible,index,expected", [
+    (None, 2, "GPU-cccc"),                  # sees every GPU: nvidia-smi's order
+    ("3,1", 1, "GPU-bbbb"),                 # indices of nvidia-smi's
+    ("GPU-xyz,GPU-bbbb", 0, "GPU-xyz"),     # UUIDs, as given
+    ("MIG-1234", 0, "MIG-1234"),
+    ("7", 0, None),                         # an index nvidia-smi does not list: cannot tell
+])
+def test_physical_gpu(visible, index, expected):
+    assert placement.physical_gpu(visible, index, SMI) == expected
+    assert placement.physical_gpu(visible, index, None) == (expected if visible and "-" in visible else None)
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({"HOROVOD_RANK": "3", "HOROVOD_LOCAL_RANK": "1", "HOROVOD_LOCAL_SIZE": "2"}, (3, 1, 2)),
+    ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, (5, 1, 4)),
+    ({"PMI_RANK": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2"}, (2, 0, 2)),
+    ({"PMIX_RANK": "3", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NODEID": "1",
+      "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}, (3, 1, 2)),
+    ({"SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "2,1"}, (2, 0, 1)),
+    ({}, None), ({"HOROVOD_RANK": "0"}, None), ({"OMPI_COMM_WORLD_LOCAL_RANK": "x",
+                                                 "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, None),
+])
+def test_launcher_ranks_table(environ, expected):
+    from hvd_keras.cluster import launcher_ranks
+
+    assert launcher_ranks(environ) == expected

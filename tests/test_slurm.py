@@ -76,6 +76,7 @@ def test_srun_pmix_tasks_get_the_cycle_of_their_job_size(cluster, tmp_path, task
     ranks = load_ranks(str(tmp_path), tasks)
     assert [int(r["size"]) for r in ranks] == [tasks] * tasks
     assert [str(r["cycle"]) for r in ranks] == [cycle] * tasks
+    assert [str(r["launcher_ranks"]) for r in ranks] == [str(r["horovod_ranks"]) for r in ranks]
 
 
 def test_usr1_checkpoints_requeues_and_resumes(cluster, tmp_path):

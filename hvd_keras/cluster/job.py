@@ -48,3 +48,50 @@ def job_size(environ=None):
     if STEP_TASKS in environ:
         return 1 if _count(environ[STEP_TASKS]) == 1 else None
     return 1
+
+
+# (local rank, local size) per launcher.
+LOCAL_VARIABLES = (
+    ("HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE"),                  # horovodrun --gloo
+    ("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),  # OpenMPI, horovodrun --mpi
+    ("MPI_LOCALRANKID", "MPI_LOCALNRANKS"),                        # MPICH and Intel MPI (Hydra)
+    ("MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),    # MVAPICH2
+)
+
+
+def launcher_ranks(environ=None):
+    """(rank, local rank, local size) as this process's launcher gave them, or None where it did not.
+
+    `hvd_keras.init()` pins the GPU with them before Horovod starts, so that
+    neither Horovod nor NCCL ever touches another process's GPU; srun's
+    tasks take theirs from `SLURM_PROCID`, `SLURM_LOCALID` and the step's
+    tasks on this node.
+
+    Example:
+
+    ```python
+    launcher_ranks({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                    "OMPI_COMM_WORLD_LOCAL_SIZE": "4"})  # (5, 1, 4)
+    ```
+    """
+    environ = os.environ if environ is None else environ
+    rank = next((environ[r] for r, _ in LAUNCHERS if r in environ), None)
+    for local_var, size_var in LOCAL_VARIABLES:
+        if local_var in environ and size_var in environ:
+            values = (rank, environ[local_var], environ[size_var])
+            break
+    else:
+        if "SLURM_LOCALID" not in environ or "SLURM_STEP_TASKS_PER_NODE" not in environ:
+            return None
+        from hvd_keras.cluster.hostlist import expand_tasks_per_node
+
+        try:
+            per_node = expand_tasks_per_node(environ["SLURM_STEP_TASKS_PER_NODE"])
+            size = per_node[int(environ.get("SLURM_NODEID", "0"))]
+        except (ValueError, IndexError):
+            return None
+        values = (rank if rank is not None else environ.get("SLURM_PROCID"), environ["SLURM_LOCALID"], str(size))
+    if not all(v is not None and str(v).strip().isdecimal() for v in values):
+        return None
+    rank, local, size = (int(v) for v in values)
+    return (rank, local, size) if 0 <= local < size else None

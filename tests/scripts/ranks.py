@@ -5,6 +5,7 @@ import os
 import _common
 
 import hvd_keras  # noqa: E402
+import hvd_keras.cluster  # noqa: E402
 
 hvd_keras.init()
 import tensorflow as tf  # noqa: E402
@@ -20,4 +21,7 @@ _common.save_result(_common.arg("out"), hvd_keras.rank(), size=hvd_keras.size(),
                     gpu=str(hvd_keras.runtime.this_placement().device),
                     cycle=os.environ.get("HOROVOD_CYCLE_TIME", ""),
                     threads=len(tids), idle_threads=len(idle), idle_names=",".join(names),
-                    main_thread_idle=os.sched_getscheduler(os.getpid()) == os.SCHED_IDLE)
+                    main_thread_idle=os.sched_getscheduler(os.getpid()) == os.SCHED_IDLE,
+                    # what the GPU is pinned with before Horovod starts, against Horovod's own
+                    launcher_ranks=str(hvd_keras.cluster.launcher_ranks()),
+                    horovod_ranks=str((hvd_keras.rank(), hvd_keras.local_rank(), hvd_keras.local_size())))
