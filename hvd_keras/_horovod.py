@@ -7,8 +7,8 @@ in one place and fail with one line that names the fix.
 
 import os
 import re
+import subprocess
 import sys
-import tempfile
 
 from hvd_keras._keras_config import configured_backend as _configured_backend
 
@@ -32,12 +32,26 @@ _ABSL_NOTICE = re.compile(r"^WARNING: All log messages before absl::InitializeLo
 _ABSL_LINE = {1: re.compile(r"^I\d{4} "), 2: re.compile(r"^[IW]\d{4} "), 3: re.compile(r"^[IWE]\d{4} ")}
 
 
+# Run in a process of its own while TensorFlow loads: it passes fd 2's lines
+# on as they come, less the hidden ones. Should TensorFlow's native code
+# crash the importing process, this one still drains what was written.
+_FILTER = r"""
+import re, sys
+notice, hidden = re.compile(sys.argv[1]), re.compile(sys.argv[2])
+for line in sys.stdin.buffer:
+    text = line.decode(errors="replace")
+    if not (notice.match(text.rstrip("\n")) or hidden.match(text)):
+        sys.stderr.buffer.write(line)
+        sys.stderr.buffer.flush()
+"""
+
+
 def import_tensorflow_quietly(environ=os.environ):
     """Imports keras and TensorFlow with TF_CPP_MIN_LOG_LEVEL applied to their start-up lines too.
 
     Only when TensorFlow is not imported yet and the level is 1 or more
     (the user asked for fewer logs); every other line printed meanwhile is
-    passed on, in order.
+    passed on, in order, also when the import crashes the process.
     """
     try:
         level = int(environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
@@ -48,20 +62,20 @@ def import_tensorflow_quietly(environ=os.environ):
         return
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            hidden = _ABSL_LINE[min(level, 3)]
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                    if not (_ABSL_NOTICE.match(line.rstrip("\n")) or hidden.match(line))]
-            if kept:
-                os.write(2, "".join(kept).encode())
+    read_end, write_end = os.pipe()
+    filtering = subprocess.Popen([sys.executable, "-S", "-c", _FILTER, _ABSL_NOTICE.pattern,
+                                  _ABSL_LINE[min(level, 3)].pattern], stdin=read_end, stderr=saved,
+                                 stdout=subprocess.DEVNULL, close_fds=True)
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)  # the pipe's last writer closes: the filter drains it and ends
+        os.close(saved)
+        filtering.wait()
 
 
 check_backend()

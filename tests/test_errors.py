@@ -121,3 +121,21 @@ def test_a_keras_without_an_internal_is_refused_in_one_line(monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "lacks Trainer._symbolic_build" in message
     assert "Supported: TensorFlow 2.16 to 2.21 with Keras 3.0 to 3.15" in message and "HINT" in message
+
+
+def test_a_crash_while_tensorflow_loads_still_shows_what_it_printed(tmp_path):
+    # A stand-in TensorFlow that prints (as a failing native library would) and then aborts the process.
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(
+        "import os\n"
+        "os.write(2, b'I0000 00:00:1 port.cc:153] oneDNN custom operations are on.\\n')\n"
+        "os.write(2, b'F0000 00:00:1 cpu_feature_guard.cc:1] The TensorFlow library was compiled to use AVX '\n"
+        "            b'instructions, but these are not available on your machine.\\n')\n"
+        "os.abort()\n")
+    env = worker_env(TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-c", "import hvd_keras; hvd_keras.init"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "instructions, but these are not available on your machine" in proc.stderr  # it printed nothing before
+    assert "oneDNN custom operations" not in proc.stderr  # the level still hides what it asked to hide
