@@ -18,7 +18,7 @@ from hvd_keras.runtime import rank, reinit, size
 
 #: Steps between commits by default: a commit copies the variables to host
 #: memory and sums the metric states over the ranks (bench/elastic_commit.py).
-DEFAULT_COMMIT_EVERY = 50
+DEFAULT_COMMIT_EVERY = 100
 #: Set by `hvd-keras run --elastic`: the sizes the job may take, checked before the first step.
 MIN_NP_VARIABLE, MAX_NP_VARIABLE = "HVD_KERAS_ELASTIC_MIN_NP", "HVD_KERAS_ELASTIC_MAX_NP"
 

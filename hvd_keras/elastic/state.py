@@ -87,7 +87,7 @@ class KerasState(ElasticState):
         self.reset_reason = None
         self.failed_at = None
         self._commit_callbacks = []
-        self._snapshot = (self._read(), self._progress())
+        self._snapshot = (self._read()[0], self._progress())
 
     # --- Horovod's State interface -------------------------------------------
 
@@ -102,9 +102,9 @@ class KerasState(ElasticState):
 
     def save(self):
         start = time.perf_counter()
+        values, totals = self._read(with_metric_totals=self.in_epoch)
         if self.in_epoch:
-            self.metric_totals = self._agreed_metric_totals()
-        values = self._read()
+            self.metric_totals = totals
         progress = self._progress()
         self._snapshot = (values, progress)  # one assignment: a failure leaves the old or the new, never half
         self.commit_seconds.append(time.perf_counter() - start)
@@ -134,12 +134,13 @@ class KerasState(ElasticState):
                 seeds.per_rank_seed_states(variables, rank())  # each rank's own dropout masks, as after any broadcast
                 progress = hvd.broadcast_object(self._progress(), root_rank=0, name="hvd_keras.elastic.sync")
                 self._set_progress(progress)
-        self._snapshot = (self._read(), self._progress())
+        self._snapshot = (self._read()[0], self._progress())
 
     def reset(self):
         # The train function holds the old job's collectives (or none, at
         # size 1): it is traced again for the new size.
         self.model.train_function = None
+        self._reader = None  # its metric allreduce too
         preemption.requests.reset()
 
     def _broadcast_object(self, obj):
@@ -189,11 +190,22 @@ class KerasState(ElasticState):
         for name, value in progress.items():
             setattr(self, name, value)
 
-    def _read(self):
+    def _read(self, with_metric_totals=False):
+        """The variables' values, and the metric totals over all ranks when asked; one compiled call."""
+        metrics = self._metric_variables() if with_metric_totals else []
+        key = tuple(id(v) for v in metrics)
         if self._reader is None:
+            self._reader = {}
+        if key not in self._reader:  # one function with the metric totals, one without: each traced once
             variables = self._variables
-            self._reader = tf.function(lambda: [tf.identity(tf.convert_to_tensor(v)) for v in variables])
-        return [t.numpy() for t in self._reader()]
+
+            def read():
+                values = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
+                return values, self._metric_totals_of(metrics)
+
+            self._reader[key] = tf.function(read)
+        values, totals = self._reader[key]()
+        return [t.numpy() for t in values], ([t.numpy() for t in totals] if metrics else None)
 
     def _write(self, values):
         if self._writer is None:
@@ -209,15 +221,13 @@ class KerasState(ElasticState):
     def _metric_variables(self):
         return [v for m in self.model.metrics for v in m.variables]
 
-    def _agreed_metric_totals(self):
-        variables = self._metric_variables()
-        if not variables:
-            return None
+    def _metric_totals_of(self, variables):
+        # Inside the reader's function: the metric states summed over the
+        # ranks (totals and counts, aggregation "sum", every Keras metric's),
+        # anything else averaged, as exact_metrics does; one grouped allreduce each.
         local = [tf.convert_to_tensor(v) for v in variables]
-        if size() == 1:
-            return [t.numpy() for t in local]
-        # Totals and counts (aggregation "sum", every Keras metric's) are
-        # summed; anything else is averaged, as exact_metrics does.
+        if size() == 1 or not local:
+            return local
         summed = [i for i, v in enumerate(variables) if _compat.variable_aggregation(v) == "sum"]
         other = [i for i in range(len(variables)) if i not in summed]
         totals = list(local)
@@ -227,7 +237,7 @@ class KerasState(ElasticState):
                                                 name=f"hvd_keras.elastic.metric_totals.{name}")
                 for i, value in zip(indices, reduced):
                     totals[i] = value
-        return [t.numpy() for t in totals]
+        return totals
 
     def add_metric_totals(self):
         """After a reset inside an epoch: rank 0's metric states take the committed totals of the epoch's earlier steps."""

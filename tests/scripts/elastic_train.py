@@ -36,9 +36,9 @@ warmup = float(_common.arg("warmup-epochs", "0"))
 hvd_keras.init()
 x, y = _common.regression_data(n=int(_common.arg("samples", "240")))
 model = build()
-if not os.path.exists(f"{out}/initial.npz"):
-    np.savez(f"{out}/initial.tmp.npz", *[np.asarray(v) for v in model.weights])
-    os.replace(f"{out}/initial.tmp.npz", f"{out}/initial.npz")
+if not os.path.exists(f"{out}/initial.npz"):  # every process starts from these weights; the first one writes them
+    np.savez(f"{out}/initial.{os.getpid()}.npz", *[np.asarray(v) for v in model.weights])
+    os.replace(f"{out}/initial.{os.getpid()}.npz", f"{out}/initial.npz")
 rate = LEARNING_RATE * (hvd_keras.size() if mode == "per_rank" else 1)
 model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(rate, momentum=0.9)),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
