@@ -80,16 +80,20 @@ class ElasticJob:
         self.stop()
         raise AssertionError(f"timed out waiting for {what}; progress {self.progress()}\n{self.output()[-6000:]}")
 
-    def pid_of(self, rank):
-        # The worker processes of this job, by their rank in the last ledger lines.
-        for path in glob.glob(os.path.join(self.out, "ledger-*.jsonl")):
-            with open(path) as f:
-                lines = f.readlines()
-            if lines and json.loads(lines[-1])["rank"] == rank:
-                pid = int(os.path.basename(path)[len("ledger-"):-len(".jsonl")])
-                if _alive(pid):
-                    return pid
-        raise AssertionError(f"no live process of rank {rank}")
+    def pid_of(self, rank, timeout=30):
+        # The live worker whose last committed step it trained as `rank` (its ledger file).
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for path in glob.glob(os.path.join(self.out, "ledger-*.jsonl")):
+                with open(path) as f:
+                    lines = f.readlines()
+                if lines and json.loads(lines[-1])["rank"] == rank:
+                    pid = int(os.path.basename(path)[len("ledger-"):-len(".jsonl")])
+                    if _alive(pid):
+                        return pid
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"no live process of rank {rank}\n{self.output()[-4000:]}")
 
     def finish(self, timeout=240):
         try:
@@ -274,6 +278,30 @@ def test_auto_fit_started_elastically_grows_from_one_to_two(tmp_path):
     assert json.loads(str(records[0]["epochs"])) == [0, 1, 2]
     assert abs(float(records[0]["learning_rate"]) - 0.1) < 1e-6  # 0.05 per process, 2 ranks at the end
 
+
+
+def test_preemption_after_a_reset_stops_every_rank_after_the_same_step(tmp_path):
+    # After a resize (a reset: new ranks, the train function traced again),
+    # SIGTERM to one rank still rides in the step's allreduce: every rank
+    # stops after the same step, rank 0 checkpoints, every process exits 75.
+    out = str(tmp_path)
+    job = ElasticJob(out, ["localhost:1"], np_=1, min_np=1, max_np=2, args=["--epochs", "50"])
+    try:
+        job.wait_for("training on 1 rank", lambda e, step, size: size == 1 and step >= 5)
+        job.set_hosts(["localhost:1", "127.0.0.1:1"])
+        job.wait_for("training on 2 ranks", lambda e, step, size: size == 2, timeout=120)
+        os.kill(job.pid_of(1), signal.SIGTERM)
+        returncode, output = job.finish(timeout=180)
+    finally:
+        job.stop()
+    # horovodrun reports the job's end as a failure: every worker exited 75 (run the command again to resume).
+    assert returncode != 0
+    assert output.count("exit with status code 75") == 2, output[-4000:]
+    assert output.count("hvd_keras: preempted; checkpoint written") == 1
+    from hvd_keras import checkpoint
+
+    meta = checkpoint.read_meta(checkpoint.latest_checkpoint(os.path.join(out, "ckpt")))
+    assert meta["preempted"] is True and meta["step_in_epoch"] > 0
 
 # --- Horovod 0.28.1's elastic layer on Keras 3: what breaks, and hvd_keras's replacement --------------------------
 

@@ -162,7 +162,7 @@ def fit(model, x=None, y=None, *, batch_size, epochs=1, batch_mode="global", sam
         while state.epoch < epochs:
             outcome = _train_segment(model, state, arrays, n, batch_size, batch_mode, shuffle, validation_data,
                                      callbacks, verbose, commit_every, history)
-            if outcome == "interrupt":
+            if outcome == "interrupt" and state.epoch < epochs:  # after the last epoch: nothing left to resize
                 raise state.interrupt()
             if outcome == "stop":
                 break
