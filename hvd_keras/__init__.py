@@ -27,6 +27,7 @@ __all__ = [
     "broadcast_variables",
     "callbacks",
     "data",
+    "layers",
     "init",
     "is_chief",
     "local_rank",

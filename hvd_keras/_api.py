@@ -15,7 +15,7 @@ _compat.install_trainer_hooks(_make_train_function, after_fit=preemption.exit_af
                               fit_callbacks=with_rank_agreement, input_dataset=pipeline.adjust)
 _compat.install_apply_hook(optimizer.before_apply)
 
-from hvd_keras import callbacks, data, planner, schedules  # noqa: E402
+from hvd_keras import callbacks, data, layers, planner, schedules  # noqa: E402
 from hvd_keras.broadcast import broadcast_state, broadcast_variables  # noqa: E402
 from hvd_keras.checkpoint import resume  # noqa: E402
 from hvd_keras.metrics import exact_metrics  # noqa: E402

@@ -121,6 +121,8 @@ _PRIVATE_USES = [
      "timing is skipped under op determinism, which refuses tf.timestamp"),
     ("Trainer._get_metrics_result_or_logs", _has(_base_trainer_class, "_get_metrics_result_or_logs"),
      "exact metrics whatever names a custom train_step gives its logs"),
+    ("Layer._flatten_layers", _has(keras.layers.Layer, "_flatten_layers"),
+     "BatchNormalization(synchronized=True) layers are found to be synchronised across ranks"),
     ("LossScaleOptimizer.apply", _has(LossScaleOptimizer, "apply"),
      "a LossScaleOptimizer around a distributed one is put in the order that agrees across ranks"),
     ("TensorFlowTrainer.fit", _has(_trainer_class, "fit"),
@@ -238,6 +240,11 @@ def is_seed_state(variable):
 
 
 _SEED_STATE = "seed_generator_state"
+
+
+def all_layers(model):
+    """Every layer of `model`, nested ones included (Keras's `_flatten_layers`)."""
+    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def set_class(obj, cls):

@@ -32,6 +32,7 @@ import types
 from hvd_keras import _compat, preemption, watchdog
 from hvd_keras._horovod import tf
 from hvd_keras.broadcast import model_optimizers
+from hvd_keras.layers.sync_batch_normalization import has_collectives, synchronize_batch_norms
 from hvd_keras.optimizer import (
     is_distributed,
     local_updates_allowed,
@@ -66,6 +67,8 @@ def build(model, original, force):
         reduce_before_loss_scaling(optimizer)
     if model.train_function is not None and not force:
         return model.train_function
+    if size() > 1:
+        synchronize_batch_norms(model)
     if size() == 1:
         # Nothing crosses ranks: Keras's step with Keras's XLA decision, in
         # the same one-step function as on several ranks.
@@ -74,6 +77,10 @@ def build(model, original, force):
     model._hvd_xla_split = False
     if model.run_eagerly or not model.jit_compile:
         return _build_plain(model)
+    if has_collectives(model):
+        # XLA cannot compile a collective inside the forward pass.
+        return _fallback(model, SplitError("a layer of the model (SyncBatchNormalization) runs a collective in "
+                                           "the forward pass, which XLA cannot compile."))
     split = _make(model, split_xla_step(model))
 
     def train_function(iterator):
