@@ -9,7 +9,7 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-test run test bench check-gpu-build compat clean
+.PHONY: setup setup-test run test bench check-gpu check-gpu-build compat clean
 
 setup:
 	bash tools/bootstrap.sh
@@ -37,6 +37,11 @@ bench: setup
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/settings.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/resnet.py
 	PATH=$(CURDIR)/.venv/bin:$$PATH $(PYTHON) bench/pipeline.py
+
+# One minute on a GPU node (skips in one line elsewhere): an exact allreduce
+# right after a long kernel, a 2-rank split-XLA step, NCCL in use.
+check-gpu: setup
+	bash tools/check_gpu.sh
 
 # Proves the GPU (NCCL) build of horovod on any machine, GPU or not: a venv of
 # its own (.venv-gpu) with tensorflow[and-cuda], a CUDA toolkit assembled from

@@ -43,3 +43,4 @@ def test_each_rank_takes_its_own_gpu(tmp_path):
     run_workers("ranks.py", ["--out", str(tmp_path)], np_=2)
     r0, r1 = load_ranks(str(tmp_path), 2)
     assert str(r0["gpu"]) != str(r1["gpu"]) and str(r0["gpu"]) != "None"
+
