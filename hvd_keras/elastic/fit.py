@@ -152,6 +152,14 @@ def fit(model, x=None, y=None, *, batch_size, epochs=1, batch_mode="global", sam
     callbacks = _checked_callbacks(callbacks)
     if batch_mode == "global":
         _check_sizes(batch_size)
+    resumed = getattr(model, "_hvd_resumed", None)
+    if resumed and resumed.get("step_in_epoch"):
+        # hvd_keras.resume would skip that many of Keras's batches; the
+        # elastic order and batches are others: that epoch starts over.
+        model._hvd_resumed = None
+        if rank() == 0:
+            print(f"hvd_keras.elastic: {resumed.get('path')} was taken inside epoch {initial_epoch + 1}; that epoch "
+                  "is trained from its start", flush=True)
     state = state if state is not None else KerasState(model, epoch=initial_epoch, seed=seed)
     history = keras.callbacks.History()
     history.set_model(model)
