@@ -17,8 +17,14 @@ def test_broadcast_state_copies_weights_and_slots(tmp_path, controller, root):
     # Ranks really started apart, in weights and in optimizer slots.
     assert np.abs(ranks[0]["before"] - ranks[1]["before"]).max() > 0.1
     assert int(ranks[0]["n_optimizer"]) > 2  # iterations, learning rate, Adam moments
+    seed = ranks[0]["seed_state"]
+    assert seed.sum() == 2  # the Dropout's SeedGenerator: [seed, counter]
     for r in ranks:
-        np.testing.assert_array_equal(r["after"], ranks[root]["before"])
+        np.testing.assert_array_equal(r["after"][~seed], ranks[root]["before"][~seed])
+    # Seed-generator states: rank 0 keeps the root's, rank 1 moves to its own stream (its dropout masks differ).
+    np.testing.assert_array_equal(ranks[0]["after"][seed], ranks[root]["before"][seed])
+    assert ranks[1]["after"][seed][0] != ranks[0]["after"][seed][0]
+    assert ranks[1]["after"][seed][1] == ranks[0]["after"][seed][1]
 
 
 @pytest.mark.parametrize("mode", ["dup", "split"])

@@ -50,6 +50,8 @@ def test_shard_refuses_a_dataset_shuffled_without_a_seed():
 
     from hvd_keras import data
 
+    # No global seed either (an earlier test in this process may have set one, which seeds every shuffle).
+    tf.random.set_seed(None)
     unseeded = tf.data.Dataset.range(10).shuffle(5).map(lambda v: v * 2)
     with pytest.raises(ValueError, match=r"shuffles without a seed \(ShuffleDataset\).*HINT: shard first"):
         data.shard(unseeded, rank=0, size=2)

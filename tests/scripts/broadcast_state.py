@@ -1,6 +1,6 @@
 """Each rank starts from its own weights and optimizer slots; then broadcast.
 
-Writes out/rank{r}.npz with the state before and after the broadcast.
+Writes out/rank{r}.npz with the state before and after the broadcast, and which entries are seed-generator states.
 """
 
 import _common
@@ -34,8 +34,10 @@ variables = hvd_keras.broadcast.state_variables(model)
 before = [np.asarray(v).astype(np.float64).ravel() for v in variables]
 hvd_keras.broadcast_state(model, root_rank=int(_common.arg("root", "0")))
 after = [np.asarray(v).astype(np.float64).ravel() for v in variables]
+# Seed-generator states are the exception: each rank moves to a stream of its own after a broadcast.
+seed_state = [np.full(b.shape, "seed_generator_state" in v.path) for v, b in zip(variables, before)]
 _common.save_result(
     _common.arg("out"), rank,
-    before=np.concatenate(before), after=np.concatenate(after),
+    before=np.concatenate(before), after=np.concatenate(after), seed_state=np.concatenate(seed_state),
     n_optimizer=len(model.optimizer.variables), n_vars=len(variables),
 )
