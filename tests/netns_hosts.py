@@ -240,9 +240,11 @@ class Hosts:
                 f"--wd={cwd or os.getcwd()}", *cmd]
 
     def popen(self, name, cmd, cwd=None, **kwargs):
+        kwargs.setdefault("env", login_env())
         return subprocess.Popen(self.command(name, cmd, cwd), **kwargs)
 
     def run(self, name, cmd, cwd=None, check=True, timeout=60, **kwargs):
+        kwargs.setdefault("env", login_env())
         proc = subprocess.run(self.command(name, cmd, cwd), capture_output=True, text=True, timeout=timeout,
                               **kwargs)
         if check and proc.returncode != 0:
@@ -264,6 +266,21 @@ class Hosts:
     def set_hostname(self, name, hostname):
         """Changes what `gethostname()` says on host `name` (its /etc/hosts and address stay)."""
         self.run(name, ["hostname", hostname])
+
+
+# What a job's processes inherit from their launcher; a fresh login on a host has none of it.
+_JOB_VARIABLES = ("OMPI_", "PMIX_", "PMI_", "HOROVOD_", "SLURM_")
+
+
+def login_env():
+    """This process's environment without a launcher's job variables.
+
+    Passed explicitly: an in-process `hvd.init()` of an earlier test starts an
+    MPI singleton, which sets OpenMPI's job variables in the C environment
+    that children inherit by default; an mpirun started with them fails.
+    """
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(_JOB_VARIABLES) or k.startswith("OMPI_ALLOW_RUN_AS_ROOT")}
 
 
 def _kill_namespace(ns):

@@ -10,6 +10,8 @@ import os
 import re
 import time
 
+from netns_hosts import login_env
+
 CONF = """ClusterName=hvdkmulti
 SlurmctldHost={head}({head_address})
 AuthType=auth/munge
@@ -55,8 +57,8 @@ class SlurmOnHosts:
         with open(os.path.join(hosts.etc_slurm, "slurm.conf"), "w") as f:
             f.write(CONF.format(head=self.head, head_address=hosts.addresses[self.head], d=self.dir, nodes=nodes,
                                 node_list=",".join(self.nodes)))
-        # Clients find /etc/slurm/slurm.conf on every host; no SLURM_* of the caller leaks in.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        # Clients find /etc/slurm/slurm.conf on every host; no SLURM_* (or other job variable) of the caller leaks in.
+        self.env = login_env()
 
     def start(self, timeout=60):
         key = os.path.join(self.hosts.base, "munge.key")
