@@ -27,6 +27,7 @@ __all__ = [
     "broadcast_variables",
     "callbacks",
     "data",
+    "elastic",
     "layers",
     "init",
     "is_chief",
@@ -45,6 +46,8 @@ def __getattr__(name):
         raise AttributeError(f"module 'hvd_keras' has no attribute {name!r}")
     import importlib
 
+    if name == "elastic":  # a feature on top of the API, which imports it
+        return importlib.import_module("hvd_keras.elastic")
     return getattr(importlib.import_module("hvd_keras._api"), name)
 
 

@@ -27,6 +27,17 @@ def _parser():
     r.add_argument("--gpus", action="store_true",
                    help="one process per GPU: check -np against this host's GPUs and set NCCL's variables")
     r.add_argument("--dry-run", action="store_true", help="print the command and environment, run nothing")
+    e = r.add_argument_group("elastic training (Gloo; hosts from a discovery script)")
+    e.add_argument("--elastic", action="store_true",
+                   help="let the job shrink when a worker fails and grow when hosts appear (horovodrun elastic)")
+    e.add_argument("--min-np", type=int, help="fewest processes to train on (default: -np)")
+    e.add_argument("--max-np", type=int, help="most processes to train on (default: no limit)")
+    e.add_argument("--discovery-script", help="executable printing the available hosts, one `host:slots` per line")
+    e.add_argument("--slots-per-host", type=int, help="slots of a discovered host printed without them")
+    e.add_argument("--blacklist-cooldown-range", nargs=2, type=int, metavar=("LOW", "HIGH"),
+                   help="seconds a failed host stays out before it may come back")
+    e.add_argument("--reset-limit", type=int, help="most resets before the job fails")
+    e.add_argument("--elastic-timeout", type=int, help="seconds to wait for --min-np processes")
     r.add_argument("script")
     r.add_argument("script_args", nargs=argparse.REMAINDER)
 
@@ -133,6 +144,10 @@ def _run_config(args):
         hostfile=args.hostfile, controller=args.controller, network_interface=args.network_interface,
         slurm=args.slurm or "auto", gpus=args.gpus,
         dry_run=args.dry_run,
+        elastic=args.elastic, min_np=args.min_np, max_np=args.max_np, discovery_script=args.discovery_script,
+        slots_per_host=args.slots_per_host,
+        cooldown_range=tuple(args.blacklist_cooldown_range) if args.blacklist_cooldown_range else None,
+        reset_limit=args.reset_limit, elastic_timeout=args.elastic_timeout,
     )
 
 

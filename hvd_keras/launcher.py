@@ -390,9 +390,23 @@ def elastic_env(config, environ=None):
     return env
 
 
+_ELASTIC_ONLY = {"min_np": "--min-np", "max_np": "--max-np", "discovery_script": "--discovery-script",
+                 "slots_per_host": "--slots-per-host", "cooldown_range": "--blacklist-cooldown-range",
+                 "reset_limit": "--reset-limit", "elastic_timeout": "--elastic-timeout"}
+
+
+def check_not_elastic(config):
+    """Refuses elastic-only settings in a launch that is not elastic (horovodrun would start an elastic job)."""
+    given = [flag for field, flag in _ELASTIC_ONLY.items() if getattr(config, field) is not None]
+    if given and not config.elastic:
+        raise LaunchError(f"{', '.join(given)}: for elastic jobs only. Received: {' '.join(given)} without "
+                          "--elastic. HINT: add --elastic, or drop them.")
+
+
 def run(config, environ=None):
     """Plans, checks and runs (or prints, with dry_run) the launch; returns the exit code."""
     environ = dict(os.environ if environ is None else environ)
+    check_not_elastic(config)
     if config.elastic:
         cmd, env = build_elastic_command(config), elastic_env(config, environ)
         if config.dry_run:

@@ -465,6 +465,32 @@ def test_elastic_mode_is_gloo_only_and_mpi_is_refused_in_one_line(tmp_path):
         assert "\n" not in str(e.value) and "HINT:" in str(e.value)
 
 
+def test_hvd_keras_run_elastic_flags(tmp_path, capsys):
+    from hvd_keras import cli
+
+    script = tmp_path / "hosts.sh"
+    script.write_text("#!/bin/sh\necho localhost:2\n")
+    script.chmod(0o755)
+    argv = ["run", "--elastic", "-np", "2", "--min-np", "1", "--max-np", "3", "--discovery-script", str(script),
+            "--blacklist-cooldown-range", "5", "60", "--network-interface", "lo", "--dry-run", "train.py", "--epochs",
+            "3"]
+    assert cli.main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    assert "HVD_KERAS_ELASTIC_MIN_NP=1 HVD_KERAS_ELASTIC_MAX_NP=3" in line or (
+        "HVD_KERAS_ELASTIC_MAX_NP=3" in line and "HVD_KERAS_ELASTIC_MIN_NP=1" in line)
+    assert line.endswith(f"horovodrun -np 2 --min-np 1 --max-np 3 --host-discovery-script {script} "
+                         f"--blacklist-cooldown-range 5 60 --network-interface lo {sys.executable} train.py --epochs 3")
+    assert "HOROVOD_FUSION_THRESHOLD" not in line
+    # Refused in one line each: --mpi, elastic flags without --elastic, hosts given as -H.
+    for bad, expected in [(["--mpi"], "Gloo only"), (["-H", "localhost:2"], "not -H or --hostfile")]:
+        assert cli.main(argv[:1] + bad + argv[1:]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and "HINT:" in err and "\n" not in err
+    assert cli.main(["run", "-np", "2", "--max-np", "4", "--dry-run", "train.py"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--max-np: for elastic jobs only" in err and "HINT: add --elastic" in err
+
+
 def test_horovod_skips_the_sync_after_a_removal_and_hvd_keras_always_syncs():
     from horovod.common.elastic import ObjectState
     from horovod.runner.elastic.worker import HostUpdateResult

@@ -186,6 +186,36 @@ def test_cpu_multi_node_batch_script_both_lines(hosts, slurm, shared):
     _two_hosts(f"{shared}/run")
 
 
+def test_a_preempted_job_requeues_and_resumes_exactly_across_two_nodes(hosts, slurm, shared):
+    # launch/requeue.sbatch on 2 nodes, one task each: SIGUSR1 to the batch shell, every rank stops after the
+    # same step, rank 0 checkpoints, the job requeues itself and resumes; the result equals a run never stopped.
+    env = {"HVD_KERAS_PYTHON": sys.executable, "HVD_KERAS_SCRIPT": "tests/scripts/preempt.py",
+           "PYTHONPATH": f"{SCRIPTS}:{ROOT}", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    args = ["--epochs", "3", "--shuffle", "no", "--seed", "7"]
+    slurm.run(["srun", "-N", "2", "-n", "2", "--mpi=pmix", "bash", "-c",
+               ENV + f"cd {SCRIPTS} && python preempt.py --out {shared}/plain --weights {shared}/plain-w "
+               + " ".join(args)], timeout=300)
+    template = open(os.path.join(ROOT, "launch", "requeue.sbatch")).read()
+    path = os.path.join(shared, "requeue2.sbatch")
+    with open(path, "w") as f:
+        f.write(template.replace("#SBATCH --nodes=1", "#SBATCH --nodes=2").replace(
+            "--ntasks-per-node=2", "--ntasks-per-node=1"))
+    out = os.path.join(shared, "job.out")
+    job = slurm.sbatch([f"--output={out}", path, "--out", f"{shared}/run", "--weights", f"{shared}/run-w", *args],
+                       env=env, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while not os.path.exists(f"{shared}/run/pid1"):
+        assert time.monotonic() < deadline, (open(out).read() if os.path.exists(out) else "") + slurm.logs()
+        time.sleep(0.2)
+    slurm.run(["scancel", "--batch", "--signal=USR1", str(job)], timeout=30)
+    assert slurm.wait(job, timeout=400) == "COMPLETED", open(out).read()[-3000:]
+    text = open(out).read()
+    assert "preempted; checkpoint written" in text and "run 1 of job" in text and "hvd_keras: resumed from" in text
+    plain, (r0, r1) = load_ranks(f"{shared}/plain-w", 2)[0], load_ranks(f"{shared}/run-w", 2)
+    np.testing.assert_array_equal(r0["weights"], r1["weights"])
+    assert np.abs(r0["weights"] - plain["weights"]).max() < 1e-6
+
+
 # --- faults -----------------------------------------------------------------------------------------------
 
 def _fault(hosts, shared, launch, fault, limit):
