@@ -41,6 +41,9 @@ def _parser():
     r.add_argument("script")
     r.add_argument("script_args", nargs=argparse.REMAINDER)
 
+    sub.add_parser("discover-hosts", help="print this Slurm allocation's usable nodes as `host:slots` lines "
+                   "(an elastic job's discovery script)")
+
     b = sub.add_parser("bench-allreduce", help="measure the allreduce cost of these hosts for `plan`")
     b.add_argument("-np", "--num-proc", dest="np", type=int, default=2, help="number of processes (default 2)")
     b.add_argument("-H", "--hosts", help="host:slots,host:slots")
@@ -169,6 +172,10 @@ def main(argv=None):
         from hvd_keras import doctor
 
         return doctor.main()
+    if args.command == "discover-hosts":
+        from hvd_keras.cluster import discovery
+
+        return discovery.main()
     if args.command == "build-horovod":
         from hvd_keras import horovod_build
 

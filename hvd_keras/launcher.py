@@ -351,6 +351,32 @@ def check_elastic(config):
     return np_, low, high
 
 
+def slurm_discovery_command(python=None):
+    """The discovery command an elastic job inside a Slurm allocation gets by default (`hvd-keras discover-hosts`)."""
+    return shlex.join([python or sys.executable, "-m", "hvd_keras.cluster.discovery"])
+
+
+def with_elastic_defaults(config, environ=None):
+    """`config` with what an elastic launch inside a Slurm allocation takes from it.
+
+    Without --discovery-script, the allocation's nodes that Slurm still
+    offers (`hvd_keras.cluster.discovery`); without -np, all their slots;
+    without --max-np, that many (the allocation does not grow).
+    """
+    environ = os.environ if environ is None else environ
+    slurm = SLURMEnvironment(environ)
+    if config.discovery_script or config.hosts or config.hostfile or config.slurm == "off" or not slurm.detect():
+        if config.slurm == "force" and not slurm.detect():
+            raise LaunchError("--slurm was given but this is not inside a Slurm allocation (SLURM_JOB_ID is unset). "
+                              "HINT: run it under sbatch or salloc, or drop --slurm.")
+        return config
+    slots = sum(s for _, s in slurm.hosts())
+    return dataclasses.replace(
+        config, discovery_script=slurm_discovery_command(),
+        np=config.np if config.np is not None else slots,
+        max_np=config.max_np if config.max_np is not None else max(slots, config.np or 0))
+
+
 def build_elastic_command(config, python=None):
     """The horovodrun argv of an elastic launch (checked by `check_elastic`)."""
     np_, low, high = check_elastic(config)
@@ -408,6 +434,7 @@ def run(config, environ=None):
     environ = dict(os.environ if environ is None else environ)
     check_not_elastic(config)
     if config.elastic:
+        config = with_elastic_defaults(config, environ)
         cmd, env = build_elastic_command(config), elastic_env(config, environ)
         if config.dry_run:
             print(describe(cmd, env))

@@ -201,3 +201,60 @@ def test_cli_dry_run_prints_the_command(script, capsys, monkeypatch):
     assert line.startswith("HOROVOD_FUSION_THRESHOLD=134217728 ") and "HOROVOD_CYCLE_TIME" not in line
     assert "OMPI_MCA_mpi_yield_when_idle=1 " in line
     assert line.endswith(f"horovodrun -np 2 -H localhost:2 --gloo {os.sys.executable} {script} --epochs 3")
+
+
+# --- elastic jobs inside an allocation: the discovery of usable nodes --------------------------------------
+
+SINFO = """node001 allocated
+node002 draining
+node003 mixed
+node004 down*
+node005 allocated*
+node006 completing
+node007 idle~
+node008 mixed-
+node009 drained
+node010 allocated
+node010 draining
+"""
+
+
+def test_usable_nodes_from_sinfo_states():
+    from hvd_keras.cluster.discovery import usable_nodes
+
+    # Listed twice (two partitions): usable only when usable in both lines.
+    assert usable_nodes(SINFO) == {"node001", "node003", "node006", "node008"}
+
+
+def test_discover_hosts_keeps_the_allocations_usable_nodes_in_order(capsys, monkeypatch):
+    from hvd_keras.cluster import discovery, slurm_hosts
+
+    environ = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[001-003]", "SLURM_TASKS_PER_NODE": "4(x3)"}
+    assert slurm_hosts(environ, sinfo_text=SINFO) == [("node001", 4), ("node003", 4)]
+    # sinfo unreachable: every node kept (a slurmctld that does not answer for a moment must not shrink the job).
+    monkeypatch.setattr(discovery, "_sinfo", lambda nodelist: None)
+    assert slurm_hosts(environ) == [("node001", 4), ("node002", 4), ("node003", 4)]
+    monkeypatch.setattr(os, "environ", environ)
+    assert cli.main(["discover-hosts"]) == 0
+    assert capsys.readouterr().out == "node001:4\nnode002:4\nnode003:4\n"
+    monkeypatch.setattr(os, "environ", {})
+    assert cli.main(["discover-hosts"]) == 2
+    err = capsys.readouterr().err
+    assert "no Slurm allocation" in err and "HINT:" in err and err.count("\n") == 1
+
+
+def test_elastic_run_inside_an_allocation_discovers_its_nodes(script, capsys):
+    environ = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[001-002]", "SLURM_TASKS_PER_NODE": "2(x2)",
+               "PATH": os.environ["PATH"]}
+    config = launcher.LaunchConfig(script=script, elastic=True, min_np=1)
+    config = launcher.with_elastic_defaults(config, environ)
+    assert (config.np, config.min_np, config.max_np) == (4, 1, 4)
+    cmd = launcher.build_elastic_command(config, python="python")
+    assert cmd[:8] == ["horovodrun", "-np", "4", "--min-np", "1", "--max-np", "4", "--host-discovery-script"]
+    assert cmd[8].endswith(" -m hvd_keras.cluster.discovery")
+    # A script of the user's own, or --no-slurm, wins; outside an allocation nothing changes.
+    own = launcher.LaunchConfig(script=script, elastic=True, min_np=1, discovery_script="./hosts.sh")
+    assert launcher.with_elastic_defaults(own, environ) == own
+    off = launcher.LaunchConfig(script=script, elastic=True, min_np=1, slurm="off")
+    assert launcher.with_elastic_defaults(off, environ) == off
+    assert launcher.with_elastic_defaults(config, {}) == config

@@ -204,6 +204,23 @@ def test_scale_up_two_to_three_then_down_to_one(tmp_path):
     assert [r["size"] for r in recoveries(final)] == [3, 1]
 
 
+def test_new_hosts_heard_in_the_last_step_of_an_epoch_are_taken_in_the_next(tmp_path):
+    # Rank 0 hears of a third slot after the epoch's last step carried its flags: the request must ride in the
+    # next epoch's first step (the callbacks of the next fit clear the requests), not be lost.
+    out = str(tmp_path)
+    job = ElasticJob(out, ["localhost:1", "127.0.0.1:1"], np_=2, min_np=1, max_np=3,
+                     args=["--epochs", "2", "--pace", "0.02", "--hosts-at-epoch-end", "localhost:2,127.0.0.1:1"])
+    try:
+        returncode, output = job.finish()
+    finally:
+        job.stop()
+    assert os.path.exists(os.path.join(out, "hosts-changed")), output[-4000:]
+    final = check_job(out, returncode, output, epochs=2)
+    (grown,) = recoveries(final)
+    assert grown["reason"] == "a change of hosts" and grown["size"] == 3
+    assert grown["epoch"] == 1 and grown["offset"] <= 2 * BATCH  # within the first steps of the second epoch
+
+
 def test_kill_a_worker_and_its_host_comes_back_after_the_cooldown(tmp_path):
     # batch_mode="per_rank": each rank keeps 3 samples per step, the global
     # batch and the learning rate follow the size (momentum rescaled with it).

@@ -8,6 +8,7 @@ that names the host and the rank. Needs root (namespaces); skipped, with the
 reason, elsewhere.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -214,6 +215,51 @@ def test_a_preempted_job_requeues_and_resumes_exactly_across_two_nodes(hosts, sl
     plain, (r0, r1) = load_ranks(f"{shared}/plain-w", 2)[0], load_ranks(f"{shared}/run-w", 2)
     np.testing.assert_array_equal(r0["weights"], r1["weights"])
     assert np.abs(r0["weights"] - plain["weights"]).max() < 1e-6
+
+
+def test_an_elastic_batch_job_shrinks_onto_the_nodes_left_when_one_is_drained(hosts, slurm, shared):
+    # launch/elastic.sbatch on 2 nodes: horovodrun's elastic driver polls `hvd-keras discover-hosts`, which
+    # leaves out a node Slurm reports drained; that node's worker is stopped and training goes on on the other.
+    from test_elastic import check_job
+
+    out = os.path.join(shared, "run")
+    env = {"HVD_KERAS_PYTHON": sys.executable, "HVD_KERAS_SCRIPT": "tests/scripts/elastic_train.py",
+           "HVD_KERAS_RUN_ARGS": "--network-interface eth0", "PYTHONPATH": f"{SCRIPTS}:{ROOT}",
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    job = slurm.sbatch([f"--output={shared}/job.out", os.path.join(ROOT, "launch", "elastic.sbatch"),
+                        "--out", out, "--epochs", "3", "--pace", "0.1"], env=env, cwd=ROOT)
+
+    def progress():
+        try:
+            with open(os.path.join(out, "progress")) as f:
+                epoch, step, size, _ = f.read().split()
+            return int(step), int(size)
+        except (OSError, ValueError):
+            return 0, 0
+
+    def wait_until(what, condition, timeout):
+        deadline = time.monotonic() + timeout
+        while not condition(*progress()):
+            text = open(f"{shared}/job.out").read() if os.path.exists(f"{shared}/job.out") else ""
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {progress()}\n{text[-4000:]}"
+            time.sleep(0.2)
+
+    try:
+        wait_until("2 ranks training", lambda step, size: size == 2 and step >= 10, 240)
+        drained = time.time()
+        slurm.run(["scontrol", "update", "nodename=node2", "state=drain", "reason=hvd_keras-test"])
+        wait_until("training on node1 alone", lambda step, size: size == 1, 120)
+        assert slurm.wait(job, timeout=300) == "COMPLETED", open(f"{shared}/job.out").read()[-4000:]
+    finally:
+        slurm.run(["scontrol", "update", "nodename=node2", "state=resume"], check=False)
+    text = open(f"{shared}/job.out").read()
+    final = check_job(out, 0, text, epochs=3)
+    sizes = [size for *_, steps, size in final["ledger"].tolist() for _ in range(steps)]
+    assert sizes[0] == 2 and sizes[-1] == 1
+    (change,) = json.loads(str(final["recoveries"]))
+    assert change["reason"] == "a change of hosts" and change["size"] == 1
+    print(f"drain of node2 to the first step on node1 alone: {change['time'] - drained:.1f} s")
+    assert change["time"] - drained < 60
 
 
 # --- faults -----------------------------------------------------------------------------------------------

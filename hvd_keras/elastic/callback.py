@@ -45,6 +45,11 @@ class ElasticCommit(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if size() > 1 and primary_optimizer(self.model) is not None:
             enable_step_option(self.model, "_hvd_carry_stop")  # the hosts flag rides in the step's allreduce
+        if size() > 1 and rank() == 0 and self.state.hosts_request_pending:
+            # Heard after the last step of the previous segment had carried its
+            # flags: the callbacks before this one cleared the requests for the
+            # new fit, so it rides in this segment's first step instead.
+            preemption.requests.request(preemption.StopRequests.HOSTS)
         if not self.state.warmups and self.warmups:
             # Their rates as the first fit set them (after their own on_train_begin): committed and synced from now on.
             self.state.warmups = [{"warmup_target": w.warmup_target, "initial_learning_rate": w.initial_learning_rate}
@@ -60,6 +65,7 @@ class ElasticCommit(keras.callbacks.Callback):
         hosts = self._hosts_updated()
         if hosts and done < len(self.segment.steps):
             self._commit(done)
+            self.state.hosts_request_pending = False
             raise self.state.interrupt()
         if hosts:
             self.pending_interrupt = True  # the segment's last step: after the epoch's end
@@ -71,6 +77,8 @@ class ElasticCommit(keras.callbacks.Callback):
         preemption.requests.flush()  # the last step's flags too
         if self._hosts_updated():
             self.pending_interrupt = True
+        if self.pending_interrupt:
+            self.state.hosts_request_pending = False
         # A stop agreed inside the epoch (every rank stopped after the same
         # step) leaves it incomplete; one decided at its end (EarlyStopping) does not.
         self.epoch_complete = self._done == len(self.segment.steps)
@@ -96,6 +104,7 @@ class ElasticCommit(keras.callbacks.Callback):
         if rank() == 0 and state.take_hosts_update():
             # Every rank reads it from the same step's allreduce, one step later.
             preemption.requests.request(preemption.StopRequests.HOSTS)
+            state.hosts_request_pending = True
         return preemption.requests.hosts_updated()
 
     def _commit(self, done, end=False):

@@ -86,6 +86,9 @@ class KerasState(ElasticState):
         self.recoveries = []
         self.reset_reason = None
         self.failed_at = None
+        # Rank 0 heard of new hosts and asked the others through a step; not
+        # yet agreed (it carries over to the next fit of the same size).
+        self.hosts_request_pending = False
         self._commit_callbacks = []
         self._snapshot = (self._read()[0], self._progress())
 
@@ -142,6 +145,7 @@ class KerasState(ElasticState):
         self.model.train_function = None
         self._reader = None  # its metric allreduce too
         preemption.requests.reset()
+        self.hosts_request_pending = False  # this reset takes in every change of hosts heard before it
 
     def _broadcast_object(self, obj):
         # Horovod's own check_host_updates (not used by fit) broadcasts with this.

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 import hvd_keras  # noqa: E402
 import hvd_keras.elastic as elastic  # noqa: E402
+from hvd_keras import _compat  # noqa: E402
 from elastic_train_model import LEARNING_RATE, build  # noqa: E402
 
 out = _common.arg("out")
@@ -31,6 +32,9 @@ pace = float(_common.arg("pace", "0.05"))
 commit_every = int(_common.arg("commit-every", "5"))
 kill_in_commit = int(_common.arg("kill-in-commit", "-1"))  # rank 0 kills itself inside this commit
 warmup = float(_common.arg("warmup-epochs", "0"))
+# Rank 0 writes these hosts into the discovery file in the last step of the first epoch, and waits there
+# until horovodrun's notice has reached it: heard after that step's flags were carried.
+hosts_at_epoch_end = _common.arg("hosts-at-epoch-end")
 
 
 hvd_keras.init()
@@ -75,6 +79,15 @@ class Pace(keras.callbacks.Callback):
     # Slow enough for the test to change the hosts mid-training; rank 0 tells it where training is.
     def on_train_batch_end(self, batch, logs=None):
         time.sleep(pace)
+        if (hosts_at_epoch_end and hvd_keras.rank() == 0 and state.epoch == 0 and batch + 1 == self.params["steps"]
+                and not os.path.exists(f"{out}/hosts-changed")):
+            with open(f"{out}/hosts.tmp", "w") as f:
+                f.write(hosts_at_epoch_end.replace(",", "\n") + "\n")
+            os.replace(f"{out}/hosts.tmp", f"{out}/hosts")
+            open(f"{out}/hosts-changed", "w").close()
+            deadline = time.monotonic() + 30
+            while _compat.hosts_updated_messages(state).empty() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if hvd_keras.rank() == 0:
             with open(f"{out}/progress.tmp", "w") as f:
                 f.write(f"{state.epoch} {state.global_step} {hvd_keras.size()} {time.time()}\n")
