@@ -227,7 +227,8 @@ def test_usable_nodes_from_sinfo_states():
 
 
 def test_discover_hosts_keeps_the_allocations_usable_nodes_in_order(capsys, monkeypatch):
-    from hvd_keras.cluster import discovery, slurm_hosts
+    from hvd_keras.cluster import discovery
+    from hvd_keras.cluster.discovery import slurm_hosts
 
     environ = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[001-003]", "SLURM_TASKS_PER_NODE": "4(x3)"}
     assert slurm_hosts(environ, sinfo_text=SINFO) == [("node001", 4), ("node003", 4)]

@@ -223,6 +223,7 @@ def test_an_elastic_batch_job_shrinks_onto_the_nodes_left_when_one_is_drained(ho
     from test_elastic import check_job
 
     out = os.path.join(shared, "run")
+    os.makedirs(out)
     env = {"HVD_KERAS_PYTHON": sys.executable, "HVD_KERAS_SCRIPT": "tests/scripts/elastic_train.py",
            "HVD_KERAS_RUN_ARGS": "--network-interface eth0", "PYTHONPATH": f"{SCRIPTS}:{ROOT}",
            "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": f"{BIN}:{os.environ['PATH']}"}
