@@ -14,7 +14,8 @@ from hvd_keras.cluster import host
 from hvd_keras._version import __version__
 from hvd_keras._horovod import hvd, keras, tf
 from hvd_keras.broadcast import broadcast_state, state_variables
-from hvd_keras.runtime import is_chief, rank, size
+from hvd_keras.optimizer import built_locally
+from hvd_keras.runtime import elastic_launch, is_chief, rank, size
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -270,7 +271,10 @@ def resume(model, directory, root_rank=0):
     of that epoch: pass the returned epoch to `fit` as `initial_epoch` and
     the same data, in the same order (see the README's "Resuming"). Without
     a checkpoint nothing changes. Every rank must call it, after `compile`
-    and before `fit`.
+    and before `fit`. In an elastic job (`hvd_keras.elastic`) it runs no
+    collective, since a process may start while the others train: every
+    process reads the directory, which must be shared, and the first sync
+    of `hvd_keras.elastic.fit` gives every rank rank 0's state.
 
     Args:
         model: the compiled, built model to load into.
@@ -288,6 +292,8 @@ def resume(model, directory, root_rank=0):
               callbacks=[hvd_keras.callbacks.Checkpoint("ckpt")])
     ```
     """
+    if elastic_launch():
+        return _resume_in_elastic_job(model, directory)
     meta = None
     state_variables(model)  # build optimizer slots to load into, on every rank (a collective)
     if size() > 1:
@@ -304,6 +310,23 @@ def resume(model, directory, root_rank=0):
         within = f", batch {meta['step_in_epoch']} of the epoch" if meta.get("step_in_epoch") else ""
         print(f"hvd_keras: resumed from {meta['path']} (epoch {meta['initial_epoch']}{within}, "
               f"step {meta['global_step']})", flush=True)
+    return meta["initial_epoch"]
+
+
+def _resume_in_elastic_job(model, directory):
+    # A process of an elastic job may start while the others train (a host
+    # added): a collective here would meet theirs. So no collective: each
+    # process reads the directory itself (it must be shared), and the first
+    # sync of hvd_keras.elastic.fit gives every rank rank 0's state and progress.
+    with built_locally():
+        state_variables(model)
+    meta = _load_newest_intact(model, directory)
+    if meta is None:
+        return 0
+    model._hvd_resumed = meta
+    if rank() == 0:
+        print(f"hvd_keras: resumed from {meta['path']} (epoch {meta['initial_epoch']}, step {meta['global_step']})",
+              flush=True)
     return meta["initial_epoch"]
 
 

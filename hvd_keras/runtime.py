@@ -11,6 +11,11 @@ from hvd_keras._horovod import hvd, tf
 _state = {}
 
 
+def elastic_launch(environ=None):
+    """True in a process that horovodrun started in elastic mode (`--min-np`, `--host-discovery-script`)."""
+    return (os.environ if environ is None else environ).get("HOROVOD_ELASTIC") == "1"
+
+
 def init(comm=None, step_timeout=None):
     """Initialises Horovod and pins this process to its GPU. Idempotent.
 
@@ -67,7 +72,7 @@ def init(comm=None, step_timeout=None):
     mpi_started_without_yield = _MPI_YIELD not in os.environ and _open_mpi_running()
     gpus = bool(tf.config.list_physical_devices("GPU"))
     check_horovod_build(gpus, nccl=bool(hvd.nccl_built()), mpi=hvd.mpi_built(), gloo=hvd.gloo_built())
-    elastic = os.environ.get("HOROVOD_ELASTIC") == "1"  # horovodrun's elastic mode: Horovod restarts at resets
+    elastic = elastic_launch()  # horovodrun's elastic mode: Horovod restarts at resets
     apply_recommended_env(os.environ, gpus=gpus, np=job_size() if comm is None else _comm_size(comm), elastic=elastic)
     if elastic:
         check_elastic_env(os.environ)

@@ -14,7 +14,7 @@ PACKAGE = os.path.join(ROOT, "hvd_keras")
 LAYERS = [
     {"hvd_keras._version", "hvd_keras._keras_config", "hvd_keras._elf", "hvd_keras._deprecation"},
     {"hvd_keras.cluster", "hvd_keras.cluster.hostlist", "hvd_keras.cluster.job", "hvd_keras.cluster.slurm",
-     "hvd_keras.cluster.host", "hvd_keras.placement", "hvd_keras.scheduling", "hvd_keras.horovod_build",
+     "hvd_keras.cluster.host", "hvd_keras.cluster.discovery", "hvd_keras.placement", "hvd_keras.scheduling", "hvd_keras.horovod_build",
      "hvd_keras.launch_output"},
     # The launcher asks _compat whether a controller is built, only when asked to check.
     {"hvd_keras._horovod", "hvd_keras._compat", "hvd_keras.launcher", "hvd_keras.watchdog", "hvd_keras.runtime"},

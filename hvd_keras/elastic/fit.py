@@ -14,7 +14,7 @@ from hvd_keras._horovod import keras
 from hvd_keras.callbacks import BroadcastInitialState, Checkpoint, LearningRateWarmup, RankAgreement
 from hvd_keras.optimizer import primary_optimizer
 from hvd_keras.output import rank_zero_output
-from hvd_keras.runtime import rank, reinit, size
+from hvd_keras.runtime import elastic_launch, rank, reinit, size
 
 #: Steps between commits by default: a commit copies the variables to host
 #: memory and sums the metric states over the ranks (bench/elastic_commit.py).
@@ -23,9 +23,7 @@ DEFAULT_COMMIT_EVERY = 100
 MIN_NP_VARIABLE, MAX_NP_VARIABLE = "HVD_KERAS_ELASTIC_MIN_NP", "HVD_KERAS_ELASTIC_MAX_NP"
 
 
-def is_elastic(environ=None):
-    """True in a process that horovodrun started in elastic mode (`--min-np`, `--host-discovery-script`)."""
-    return (os.environ if environ is None else environ).get("HOROVOD_ELASTIC") == "1"
+is_elastic = elastic_launch
 
 
 def reset():

@@ -47,7 +47,10 @@ rate = LEARNING_RATE * (hvd_keras.size() if mode == "per_rank" else 1)
 model.compile(optimizer=hvd_keras.DistributedOptimizer(keras.optimizers.SGD(rate, momentum=0.9)),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 hvd_keras.exact_metrics(model)
-state = elastic.KerasState(model, seed=11)
+# A process started for a new host resumes too, while the others train: hvd_keras.resume runs no collective in
+# an elastic job (the state's sync then gives it rank 0's state).
+initial_epoch = hvd_keras.resume(model, f"{out}/ckpt")
+state = elastic.KerasState(model, epoch=initial_epoch, seed=11)
 ledger_file = f"{out}/ledger-{os.getpid()}.jsonl"
 
 
