@@ -25,9 +25,11 @@ hosts.stop()
 """
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -69,8 +71,8 @@ mount --rbind /sys/fs/cgroup {dir}/cgroup
 mount -t sysfs sysfs /sys
 mount --rbind {dir}/cgroup /sys/fs/cgroup
 umount -l {dir}/cgroup
-mount --bind {dir}/tmp /tmp
-mount -t tmpfs -o mode=755 tmpfs /run
+{keep}mount --bind {dir}/tmp /tmp
+{restore}mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd /run/munge
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mkdir -p {dir}/home
@@ -89,6 +91,26 @@ mount --bind {etc_slurm} /etc/slurm
 touch {dir}/ready
 exec sleep infinity
 """
+
+
+def _kept_under_tmp(d):
+    """Shell lines that keep the checkout and the interpreter visible at their paths when they lie under /tmp.
+
+    Each host gets a /tmp of its own; a checkout cloned into /tmp (a CI
+    runner's) would vanish from the hosts with it. Such paths are bound
+    aside before the host's /tmp is mounted, and back at the same path after.
+    """
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = []
+    for path in (checkout, sys.prefix, sys.base_prefix):
+        path = os.path.realpath(path)
+        if path.startswith("/tmp/") and not any(path == p or path.startswith(p + "/") for p in paths):
+            paths.append(path)
+    keep = "".join(f"mkdir -p {d}/keep/{i}\nmount --rbind {shlex.quote(p)} {d}/keep/{i}\n"
+                   for i, p in enumerate(paths))
+    restore = "".join(f"mkdir -p {shlex.quote(p)}\nmount --rbind {d}/keep/{i} {shlex.quote(p)}\n"
+                      for i, p in enumerate(paths))
+    return {"keep": keep, "restore": restore}
 
 
 class HostsUnavailable(RuntimeError):
@@ -179,7 +201,8 @@ class Hosts:
             _sh(["ip", "-n", self.switch, "link", "set", port, "master", "br0", "up"])
             self.holders[name] = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{ns}", "unshare", "--uts", "--mount", "--propagation", "private",
-                 "/bin/sh", "-c", HOLDER.format(name=name, dir=d, etc_slurm=self.etc_slurm)],
+                 "/bin/sh", "-c", HOLDER.format(name=name, dir=d, etc_slurm=self.etc_slurm,
+                                                **_kept_under_tmp(d))],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(f"{d}/holder.log", "w"))
         deadline = time.monotonic() + timeout
         for name in self.names:
