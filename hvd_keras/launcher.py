@@ -197,8 +197,7 @@ def plan(config, environ=None):
     elif config.slurm != "off" and slurm.detect():
         hosts, source = slurm.hosts(), f"Slurm job {environ[slurm_vars.JOB_ID]}"
     elif config.slurm == "force":
-        raise LaunchError("--slurm was given but this is not inside a Slurm allocation (SLURM_JOB_ID is unset). "
-                          "HINT: run it under sbatch or salloc, or drop --slurm.")
+        raise _outside_allocation()
     else:
         if config.np is None:
             raise LaunchError("-np is required on a single machine. HINT: pass -np N, e.g. the number of GPUs.")
@@ -351,9 +350,14 @@ def check_elastic(config):
     return np_, low, high
 
 
-def slurm_discovery_command(python=None):
+def _outside_allocation():
+    return LaunchError("--slurm was given but this is not inside a Slurm allocation (SLURM_JOB_ID is unset). "
+                       "HINT: run it under sbatch or salloc, or drop --slurm.")
+
+
+def slurm_discovery_command():
     """The discovery command an elastic job inside a Slurm allocation gets by default (`hvd-keras discover-hosts`)."""
-    return shlex.join([python or sys.executable, "-m", "hvd_keras.cluster.discovery"])
+    return shlex.join([sys.executable, "-m", "hvd_keras.cluster.discovery"])
 
 
 def with_elastic_defaults(config, environ=None):
@@ -365,10 +369,9 @@ def with_elastic_defaults(config, environ=None):
     """
     environ = os.environ if environ is None else environ
     slurm = SLURMEnvironment(environ)
+    if config.slurm == "force" and not slurm.detect():
+        raise _outside_allocation()
     if config.discovery_script or config.hosts or config.hostfile or config.slurm == "off" or not slurm.detect():
-        if config.slurm == "force" and not slurm.detect():
-            raise LaunchError("--slurm was given but this is not inside a Slurm allocation (SLURM_JOB_ID is unset). "
-                              "HINT: run it under sbatch or salloc, or drop --slurm.")
         return config
     slots = sum(s for _, s in slurm.hosts())
     return dataclasses.replace(

@@ -65,7 +65,6 @@ class ElasticCommit(keras.callbacks.Callback):
         hosts = self._hosts_updated()
         if hosts and done < len(self.segment.steps):
             self._commit(done)
-            self.state.hosts_request_pending = False
             raise self.state.interrupt()
         if hosts:
             self.pending_interrupt = True  # the segment's last step: after the epoch's end
@@ -77,8 +76,6 @@ class ElasticCommit(keras.callbacks.Callback):
         preemption.requests.flush()  # the last step's flags too
         if self._hosts_updated():
             self.pending_interrupt = True
-        if self.pending_interrupt:
-            self.state.hosts_request_pending = False
         # A stop agreed inside the epoch (every rank stopped after the same
         # step) leaves it incomplete; one decided at its end (EarlyStopping) does not.
         self.epoch_complete = self._done == len(self.segment.steps)
